@@ -1,0 +1,197 @@
+//! The `aos` command line: `aos up` runs the daemon; every other command is a client
+//! of a running daemon's HTTP API (found through `--url`/`AOS_API_URL`, else the
+//! address the daemon wrote to `$AOS_HOME/api.url`).
+//!
+//! Exit codes: 0 success, 1 the kernel refused (syscall error), 2 bad usage,
+//! 3 the kernel could not be reached.
+
+mod client_cmds;
+mod output;
+mod up;
+
+use std::future::Future;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitCode;
+
+use aos_sdk::client::DEFAULT_API_URL;
+use aos_sdk::{Client, ClientError};
+use clap::{Args, Parser, Subcommand};
+
+pub use up::UpArgs;
+
+/// A future that resolves when the daemon should stop.
+pub type ShutdownSignal = fn() -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aos",
+    version,
+    about = "AOS — an operating system for LLM agents",
+    long_about = "AOS — an operating system for LLM agents.\n\n`aos up` runs the kernel daemon. The other commands talk to a running daemon; without \
+flags they find it through AOS_API_URL / AOS_API_TOKEN (or AOS_TOKEN inside an agent's shell), else \
+through the files the daemon keeps in $AOS_HOME (default ./.aos)."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// Data directory of the daemon (token and address files).
+    #[arg(long, env = "AOS_HOME", default_value = "./.aos", global = true)]
+    home: PathBuf,
+    /// Kernel API URL, e.g. http://127.0.0.1:8420.
+    #[arg(long, env = "AOS_API_URL", global = true)]
+    url: Option<String>,
+    /// Bearer token (default: AOS_TOKEN, then $AOS_HOME/admin.token).
+    #[arg(long, env = "AOS_API_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Print raw JSON envelopes instead of human-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the kernel daemon in the foreground.
+    Up(UpArgs),
+    /// Show whether the daemon is up, and a summary.
+    Status,
+    /// Call any syscall; prints the envelope as JSON; exit code 0 only when ok.
+    Call {
+        /// Operation name, e.g. session.get.
+        op: String,
+        /// Params as a JSON object, `@file` to read a file, or `-` for stdin.
+        #[arg(long, short)]
+        payload: Option<String>,
+    },
+    /// List the syscalls (from this binary; no daemon needed).
+    Syscalls {
+        /// Print the Markdown reference (docs/syscalls.md).
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// Manage agents.
+    #[command(subcommand)]
+    Agent(client_cmds::AgentCmd),
+    /// Manage sessions and read their history.
+    #[command(subcommand)]
+    Session(client_cmds::SessionCmd),
+    /// Inspect skills and load them into sessions.
+    #[command(subcommand)]
+    Skill(client_cmds::SkillCmd),
+    /// Store and read content blobs.
+    #[command(subcommand)]
+    Content(client_cmds::ContentCmd),
+    /// Issue, list and revoke tokens.
+    #[command(subcommand)]
+    Token(client_cmds::TokenCmd),
+    /// Stream runtime events as JSON lines.
+    Events(client_cmds::EventsArgs),
+    /// Show RuntimeLog entries.
+    Log(client_cmds::LogArgs),
+    /// Print the version as JSON.
+    Version,
+}
+
+/// Runs the CLI. `shutdown` is how the daemon learns to stop (the binary passes
+/// SIGINT/SIGTERM handling).
+pub fn main(shutdown: ShutdownSignal) -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let code = if error.use_stderr() { 2 } else { 0 };
+            let _ = error.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Up(args) => up::run(&cli.global, args, shutdown),
+        Command::Syscalls { markdown } => {
+            output::syscalls(markdown, cli.global.json);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!(
+                "{}",
+                serde_json::json!({"name": "aos", "version": env!("CARGO_PKG_VERSION")})
+            );
+            ExitCode::SUCCESS
+        }
+        command => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("aos: cannot start the async runtime: {error}");
+                    return ExitCode::from(3);
+                }
+            };
+            let client = client_for(&cli.global);
+            runtime.block_on(client_cmds::run(
+                &client,
+                &cli.global,
+                command_into(command),
+            ))
+        }
+    }
+}
+
+fn command_into(command: Command) -> client_cmds::ClientCommand {
+    use client_cmds::ClientCommand as C;
+    match command {
+        Command::Status => C::Status,
+        Command::Call { op, payload } => C::Call { op, payload },
+        Command::Agent(cmd) => C::Agent(cmd),
+        Command::Session(cmd) => C::Session(cmd),
+        Command::Skill(cmd) => C::Skill(cmd),
+        Command::Content(cmd) => C::Content(cmd),
+        Command::Token(cmd) => C::Token(cmd),
+        Command::Events(args) => C::Events(args),
+        Command::Log(args) => C::Log(args),
+        Command::Up(_) | Command::Syscalls { .. } | Command::Version => C::Status,
+    }
+}
+
+/// The client for the daemon the global flags point at.
+fn client_for(global: &Global) -> Client {
+    let url = global
+        .url
+        .clone()
+        .or_else(|| {
+            std::fs::read_to_string(global.home.join("api.url"))
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
+    let token = global
+        .token
+        .clone()
+        .or_else(|| std::env::var("AOS_TOKEN").ok().filter(|t| !t.is_empty()))
+        .or_else(|| {
+            std::fs::read_to_string(global.home.join("admin.token"))
+                .ok()
+                .map(|s| s.trim().to_owned())
+        });
+    Client::new(url, token)
+}
+
+/// Exit code for a client error: 3 when unreachable, 1 otherwise.
+fn exit_for(error: &ClientError) -> ExitCode {
+    match error {
+        ClientError::Connect { .. } | ClientError::Http { .. } => ExitCode::from(3),
+        _ => ExitCode::from(1),
+    }
+}
+
+fn stdout_is_terminal() -> bool {
+    std::io::stdout().is_terminal()
+}

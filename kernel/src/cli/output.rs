@@ -1,0 +1,347 @@
+//! Human-readable output for the CLI.
+
+use aos_sdk::protocol::{
+    AgentCb, AgentStatus, Health, HistorySearchResult, LogEntry, Message, Page, PartBody,
+    SessionCb, SkillDetail, SkillManifest, SystemCb, TokenInfo,
+};
+use serde::Serialize;
+
+use crate::syscall::{Registry, markdown};
+
+/// JSON on stdout: pretty for people, one line for pipes.
+pub fn print_json<T: Serialize>(value: &T, pretty: bool) {
+    let text = if pretty {
+        serde_json::to_string_pretty(value)
+    } else {
+        serde_json::to_string(value)
+    };
+    println!("{}", text.unwrap_or_default());
+}
+
+pub fn syscalls(as_markdown: bool, as_json: bool) {
+    let registry = Registry::standard();
+    if as_markdown {
+        print!("{}", markdown(&registry));
+    } else if as_json {
+        print_json(&registry.describe(), true);
+    } else {
+        let rows: Vec<Vec<String>> = registry
+            .describe()
+            .into_iter()
+            .map(|d| vec![d.name, d.kind, d.access, d.status])
+            .collect();
+        table(&["OP", "KIND", "ACCESS", "STATUS"], &rows);
+    }
+}
+
+/// Prints rows under headers with aligned columns (the last column is not padded).
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn clip(text: &str, max: usize) -> String {
+    let one_line = text.replace('\n', " ");
+    if one_line.chars().count() <= max {
+        one_line
+    } else {
+        format!(
+            "{}…",
+            one_line
+                .chars()
+                .take(max.saturating_sub(1))
+                .collect::<String>()
+        )
+    }
+}
+
+pub fn status(
+    url: &str,
+    health: &Health,
+    system: Option<SystemCb>,
+    skills: Option<Vec<SkillManifest>>,
+    agents: Option<Page<AgentCb>>,
+) {
+    let up = health.uptime_seconds;
+    println!(
+        "AOS kernel {} at {url}: up {}h{:02}m{:02}s, node {}",
+        health.version,
+        up / 3600,
+        (up / 60) % 60,
+        up % 60,
+        health.node_id
+    );
+    if let Some(system) = system {
+        println!(
+            "system `{}` (revision {}), skill root {}, default model {}",
+            system.name,
+            system.revision,
+            system.skill_root,
+            system.default_model.as_deref().unwrap_or("(none)")
+        );
+    }
+    if let Some(skills) = skills {
+        let broken = skills.iter().filter(|s| s.error.is_some()).count();
+        println!("skills: {} indexed, {broken} broken", skills.len() - broken);
+    }
+    if let Some(agents) = agents {
+        let active = agents
+            .items
+            .iter()
+            .filter(|a| a.status == AgentStatus::Active)
+            .count();
+        println!(
+            "agents: {active} active, {} archived",
+            agents.items.len() - active
+        );
+    }
+}
+
+pub fn agents(agents: &[AgentCb]) {
+    let rows: Vec<Vec<String>> = agents
+        .iter()
+        .map(|a| {
+            vec![
+                a.agent_id.clone(),
+                clip(&a.display_name, 30),
+                enum_text(&a.status),
+                a.priority.to_string(),
+                a.model.clone().unwrap_or_else(|| "-".into()),
+                a.usage.total_tokens.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["AGENT", "NAME", "STATUS", "PRIORITY", "MODEL", "TOKENS"],
+        &rows,
+    );
+}
+
+pub fn sessions(sessions: &[SessionCb]) {
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                s.session_id.clone(),
+                s.agent_id.clone(),
+                enum_text(&s.status),
+                enum_text(&s.phase),
+                s.last_seq.to_string(),
+                clip(s.title.as_deref().unwrap_or("-"), 40),
+            ]
+        })
+        .collect();
+    table(
+        &["SESSION", "AGENT", "STATUS", "PHASE", "MESSAGES", "TITLE"],
+        &rows,
+    );
+}
+
+fn enum_text<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// One line per part: `#seq role/origin  summary`.
+pub fn history(messages: &[Message]) {
+    for message in messages {
+        let who = format!("{}/{}", message.role.as_str(), message.origin);
+        for part in &message.parts {
+            println!(
+                "#{:<4} {:<22} {}",
+                message.seq,
+                who,
+                part_summary(&part.body)
+            );
+        }
+    }
+}
+
+fn part_summary(body: &PartBody) -> String {
+    match body {
+        PartBody::Text { text } => clip(text, 200),
+        PartBody::Bash(call) => {
+            let result = call
+                .output
+                .as_ref()
+                .map(|o| match (&o.visible_result, &o.content_id) {
+                    (_, Some(id)) => format!("[stored as {id}]"),
+                    (Some(v), None) => clip(v, 80),
+                    (None, None) => String::new(),
+                })
+                .or_else(|| {
+                    call.error_text
+                        .as_ref()
+                        .map(|e| format!("error: {}", clip(e, 80)))
+                })
+                .unwrap_or_default();
+            format!("$ {}  → {}", clip(&call.command, 80), result)
+        }
+        PartBody::SkillLoad { name, cause, text } => {
+            format!(
+                "[skill-load {name} ({}), {} chars]",
+                enum_text(cause),
+                text.chars().count()
+            )
+        }
+        PartBody::SkillUnload { name } => format!("[skill-unload {name}]"),
+        PartBody::CompactionMarker {
+            from_seq, to_seq, ..
+        } => {
+            format!("[compaction boundary: #{from_seq}–#{to_seq}]")
+        }
+        PartBody::CompactionSummary { text, .. } => format!("[summary] {}", clip(text, 160)),
+        PartBody::Interrupt { reason, .. } => format!("[interrupt] {reason}"),
+        PartBody::Bootstrap {
+            phase,
+            planned_names,
+            loaded,
+            skipped,
+        } => {
+            let mut text = format!("[bootstrap {}]", enum_text(phase));
+            if !planned_names.is_empty() {
+                text.push_str(&format!(" planned: {}", planned_names.join(", ")));
+            }
+            if !loaded.is_empty() {
+                text.push_str(&format!(" loaded: {}", loaded.join(", ")));
+            }
+            for s in skipped {
+                text.push_str(&format!(" skipped {} ({})", s.name, s.reason));
+            }
+            text
+        }
+        PartBody::Error { source, message } => {
+            format!("[error from {source}] {}", clip(message, 160))
+        }
+    }
+}
+
+pub fn search_hits(result: &HistorySearchResult) {
+    for hit in &result.hits {
+        println!("#{:<4} {}", hit.seq, hit.snippet);
+    }
+    if result.truncated {
+        println!("(more matches; narrow the query)");
+    }
+}
+
+pub fn skills(skills: &[SkillManifest]) {
+    let rows: Vec<Vec<String>> = skills
+        .iter()
+        .map(|s| {
+            let (state, text) = match &s.error {
+                Some(e) => (
+                    "broken".to_owned(),
+                    format!(
+                        "{}{}",
+                        e.message,
+                        e.line.map(|l| format!(" (line {l})")).unwrap_or_default()
+                    ),
+                ),
+                None => (
+                    if s.service.is_some() {
+                        "service"
+                    } else {
+                        "text"
+                    }
+                    .to_owned(),
+                    s.description.clone(),
+                ),
+            };
+            vec![s.name.clone(), state, clip(&text, 100)]
+        })
+        .collect();
+    table(&["SKILL", "KIND", "DESCRIPTION"], &rows);
+}
+
+pub fn skill_detail(detail: &SkillDetail) {
+    let m = &detail.manifest;
+    println!("name:        {}", m.name);
+    println!("description: {}", m.description);
+    println!("directory:   {}", m.dir);
+    if let Some(service) = &m.service {
+        println!("service:     {service}");
+    }
+    if let Some(error) = &m.error {
+        println!(
+            "error:       {}{} ({})",
+            error.message,
+            error
+                .line
+                .map(|l| format!(" at line {l}"))
+                .unwrap_or_default(),
+            error.file
+        );
+    }
+    for warning in &m.warnings {
+        println!("warning:     {warning}");
+    }
+    if !detail.text.is_empty() {
+        println!("\n{}", detail.text);
+    }
+}
+
+pub fn tokens(tokens: &[TokenInfo]) {
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            let state = match (t.revoked_at, t.expires_at) {
+                (Some(_), _) => "revoked".to_owned(),
+                (None, Some(at)) => format!("expires {at}"),
+                (None, None) => "active".to_owned(),
+            };
+            vec![
+                t.token_id.clone(),
+                serde_json::to_string(&t.scope).unwrap_or_default(),
+                state,
+                t.label.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["TOKEN", "SCOPE", "STATE", "LABEL"], &rows);
+}
+
+pub fn log(entries: &[LogEntry]) {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.seq.to_string(),
+                e.ts.to_string(),
+                e.caller.clone(),
+                e.op.clone(),
+                e.outcome.clone(),
+                format!("{}µs", e.duration_us),
+                e.session_id
+                    .clone()
+                    .or_else(|| e.agent_id.clone())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &["SEQ", "TIME", "CALLER", "OP", "OUTCOME", "TOOK", "TARGET"],
+        &rows,
+    );
+}

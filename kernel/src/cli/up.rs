@@ -1,0 +1,116 @@
+//! `aos up`: run the daemon in the foreground.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use super::{Global, ShutdownSignal};
+use crate::config::{DEFAULT_PORT, KernelConfig};
+use crate::store::sqlite::SyncMode;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Sync {
+    Normal,
+    Full,
+}
+
+/// Flags of `aos up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Port of the HTTP API (0 picks a free one).
+    #[arg(long, env = "AOS_PORT", default_value_t = DEFAULT_PORT)]
+    port: u16,
+    /// Address to bind; anything but loopback needs --allow-remote.
+    #[arg(long, env = "AOS_BIND", default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Allow binding a non-loopback address.
+    #[arg(long)]
+    allow_remote: bool,
+    /// Skill root.
+    #[arg(long, env = "AOS_SKILL_ROOT", default_value = "./skills")]
+    skills: PathBuf,
+    /// System settings file (default: ./aoscb.json when it exists).
+    #[arg(long, env = "AOS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Instance name.
+    #[arg(long, env = "AOS_NAME", default_value = "default")]
+    name: String,
+    /// Database URL (default sqlite:$AOS_HOME/aos.db).
+    #[arg(long, env = "AOS_DATABASE_URL")]
+    database_url: Option<String>,
+    /// SQLite durability: `normal` survives process crashes, `full` also power loss.
+    #[arg(long, env = "AOS_SQLITE_SYNC", value_enum, default_value = "normal")]
+    sqlite_sync: Sync,
+    /// Log format on stderr.
+    #[arg(long, env = "AOS_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+pub fn run(global: &Global, args: UpArgs, shutdown: ShutdownSignal) -> ExitCode {
+    let filter = EnvFilter::try_from_env("AOS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let system_file = args.config.or_else(|| {
+        let default = PathBuf::from("aoscb.json");
+        default.is_file().then_some(default)
+    });
+    let mut config = KernelConfig::new(global.home.clone(), args.skills);
+    config.port = args.port;
+    config.bind = args.bind;
+    config.allow_remote = args.allow_remote;
+    config.name = args.name;
+    config.admin_token = global.token.clone();
+    config.system_file = system_file;
+    config.database_url = args.database_url;
+    config.sqlite_sync = match args.sqlite_sync {
+        Sync::Normal => SyncMode::Normal,
+        Sync::Full => SyncMode::Full,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("aos: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let home = config.home.clone();
+    let result = runtime.block_on(async move {
+        let running = crate::start(config).await?;
+        let token_hint = if global.token.is_some() {
+            "the token in AOS_API_TOKEN".to_owned()
+        } else {
+            format!("the admin token in {}/admin.token", home.display())
+        };
+        eprintln!(
+            "AOS kernel listening on http://{} (node {}); clients use {token_hint}",
+            running.addr(),
+            running.kernel.node_id
+        );
+        running.serve(shutdown()).await;
+        Ok::<(), crate::StartError>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("aos: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

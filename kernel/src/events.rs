@@ -1,0 +1,240 @@
+//! The runtime event bus: every event goes to live subscribers (SSE clients, services)
+//! and into a bounded in-memory ring, so a client that reconnects with `Last-Event-ID`
+//! gets what it missed.
+//!
+//! Event ids increase for the life of the data directory in practice: the first id of
+//! each boot is the boot time in microseconds, so ids from an earlier boot are always
+//! smaller and a stale `Last-Event-ID` resumes from the oldest event still held.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aos_sdk::protocol::{Event, Timestamp};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+/// Live events a slow subscriber may fall behind by before it is told it lagged.
+const LIVE_BUFFER: usize = 1024;
+
+#[derive(Debug)]
+struct Ring {
+    next_id: u64,
+    events: VecDeque<Arc<Event>>,
+    capacity: usize,
+}
+
+/// Fan-out of runtime events. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct EventBus {
+    // Locked only to append or to snapshot; never held across an `.await`.
+    ring: Mutex<Ring>,
+    live: broadcast::Sender<Arc<Event>>,
+}
+
+/// A new subscription: what was missed, and the live feed from there on.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Held events newer than the requested id, oldest first.
+    pub replay: Vec<Arc<Event>>,
+    /// Set when events after the requested id were already dropped from the ring.
+    pub gap: Option<Gap>,
+    pub live: broadcast::Receiver<Arc<Event>>,
+}
+
+/// Events a resuming subscriber can no longer get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    pub requested_after: u64,
+    pub oldest_available: u64,
+}
+
+impl EventBus {
+    /// A bus holding the newest `ring_capacity` events for resumption.
+    pub fn new(ring_capacity: usize) -> Self {
+        let boot_micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        Self {
+            ring: Mutex::new(Ring {
+                next_id: boot_micros.max(1),
+                events: VecDeque::with_capacity(ring_capacity.min(4096)),
+                capacity: ring_capacity.max(1),
+            }),
+            live,
+        }
+    }
+
+    /// Publishes an event and returns it.
+    pub fn emit(
+        &self,
+        name: &str,
+        agent_id: Option<&str>,
+        session_id: Option<&str>,
+        payload: Value,
+    ) -> Arc<Event> {
+        let mut ring = self
+            .ring
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let event = Arc::new(Event {
+            id: ring.next_id,
+            name: name.to_owned(),
+            ts: Timestamp::now(),
+            agent_id: agent_id.map(str::to_owned),
+            session_id: session_id.map(str::to_owned),
+            payload,
+        });
+        ring.next_id += 1;
+        if ring.events.len() == ring.capacity {
+            ring.events.pop_front();
+        }
+        ring.events.push_back(event.clone());
+        // Sending under the lock keeps the ring and the live feed in one order, so a
+        // subscriber never sees an event twice or out of order at the seam.
+        let _ = self.live.send(event.clone());
+        event
+    }
+
+    /// Subscribes, replaying held events after `after` (all held events when `None`
+    /// and `replay_all`, none when `None` otherwise).
+    pub fn subscribe(&self, after: Option<u64>) -> Subscription {
+        let ring = self
+            .ring
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let live = self.live.subscribe();
+        let Some(after) = after else {
+            return Subscription {
+                replay: Vec::new(),
+                gap: None,
+                live,
+            };
+        };
+        let oldest = ring.events.front().map(|e| e.id);
+        let gap = match oldest {
+            Some(oldest) if after.saturating_add(1) < oldest => Some(Gap {
+                requested_after: after,
+                oldest_available: oldest,
+            }),
+            _ => None,
+        };
+        let replay = ring
+            .events
+            .iter()
+            .filter(|e| e.id > after)
+            .cloned()
+            .collect();
+        Subscription { replay, gap, live }
+    }
+
+    /// The newest event id handed out so far (0 before the first event).
+    pub fn last_id(&self) -> u64 {
+        let ring = self
+            .ring
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        ring.events.back().map(|e| e.id).unwrap_or(0)
+    }
+}
+
+/// Which events a subscriber wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub agent_id: Option<String>,
+    pub session_id: Option<String>,
+    /// Exact names or `prefix.*` patterns; empty means all.
+    pub names: Vec<String>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, event: &Event) -> bool {
+        if let Some(agent) = &self.agent_id
+            && event.agent_id.as_deref() != Some(agent)
+        {
+            return false;
+        }
+        if let Some(session) = &self.session_id
+            && event.session_id.as_deref() != Some(session)
+        {
+            return false;
+        }
+        self.names.is_empty() || self.names.iter().any(|p| name_matches(p, &event.name))
+    }
+}
+
+/// True when `name` matches `pattern`: `*` matches all, `a.b.*` matches `a.b.` + anything,
+/// otherwise names must be equal.
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some("") => true,
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn resume_replays_exactly_what_was_missed() {
+        let bus = EventBus::new(10);
+        let first = bus.emit("a.one", None, None, json!(1));
+        let second = bus.emit("a.two", None, Some("ses_1"), json!(2));
+        let sub = bus.subscribe(Some(first.id));
+        assert_eq!(sub.replay.len(), 1);
+        assert_eq!(sub.replay[0].id, second.id);
+        assert!(sub.gap.is_none());
+        assert_eq!(bus.subscribe(Some(second.id)).replay.len(), 0);
+    }
+
+    #[test]
+    fn a_resume_older_than_the_ring_reports_the_gap() {
+        let bus = EventBus::new(3);
+        let first = bus.emit("x", None, None, json!(0));
+        for i in 1..10 {
+            bus.emit("x", None, None, json!(i));
+        }
+        let sub = bus.subscribe(Some(first.id));
+        assert_eq!(sub.replay.len(), 3);
+        let gap = sub.gap.unwrap();
+        assert_eq!(gap.requested_after, first.id);
+        assert_eq!(gap.oldest_available, sub.replay[0].id);
+        // An id from before this boot is older than everything held.
+        assert!(bus.subscribe(Some(5)).gap.is_some());
+    }
+
+    #[tokio::test]
+    async fn live_subscribers_get_events_in_order() {
+        let bus = EventBus::new(8);
+        let mut sub = bus.subscribe(None);
+        let a = bus.emit("n", None, None, json!("a"));
+        let b = bus.emit("n", None, None, json!("b"));
+        assert_eq!(sub.live.recv().await.unwrap().id, a.id);
+        assert_eq!(sub.live.recv().await.unwrap().id, b.id);
+    }
+
+    #[test]
+    fn filters_by_owner_and_name_pattern() {
+        let bus = EventBus::new(8);
+        let event = bus.emit("session.started", Some("agt_1"), Some("ses_1"), json!({}));
+        let mut filter = EventFilter::default();
+        assert!(filter.matches(&event));
+        filter.names = vec!["session.*".into()];
+        assert!(filter.matches(&event));
+        filter.names = vec!["agent.*".into(), "session.started".into()];
+        assert!(filter.matches(&event));
+        filter.names = vec!["session".into()];
+        assert!(!filter.matches(&event));
+        filter.names.clear();
+        filter.session_id = Some("ses_2".into());
+        assert!(!filter.matches(&event));
+        filter.session_id = None;
+        filter.agent_id = Some("agt_1".into());
+        assert!(filter.matches(&event));
+    }
+}

@@ -1,0 +1,1200 @@
+//! The SQLite store: one file under `$AOS_HOME`, WAL mode.
+//!
+//! All writes go through a pool of exactly one connection and `BEGIN IMMEDIATE`
+//! transactions: SQLite allows one writer at a time anyway, and serializing in-process
+//! avoids lock-upgrade failures and busy-waiting. Reads use a separate pool of
+//! read-only connections, which WAL lets run beside the writer.
+//!
+//! Durability: `synchronous=NORMAL` by default. A committed transaction is in the WAL
+//! file before the call returns, so a killed process (even `kill -9`) loses nothing
+//! acknowledged; only a power cut can lose the last commits. `synchronous=FULL`
+//! (`AOS_SQLITE_SYNC=full`) closes that window at the cost of an fsync per commit.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use aos_sdk::protocol::{
+    AgentCb, AgentStatus, ContentInfo, Dispatch, DispatchStatus, LogEntry, Message, Origin, Part,
+    Role, SessionCb, SessionPhase, SessionStatus, SystemCb, Timestamp, TokenInfo, TokenScope,
+    Usage,
+};
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{
+    AppendOutcome, ContentRecord, HistoryQuery, ListQuery, LogQuery, NewLogEntry, NewMessage,
+    Store, StoreError, StoreResult, TokenRecord,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How hard SQLite works to survive power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// Durable against process crashes; the last commits may be lost on power loss.
+    #[default]
+    Normal,
+    /// fsync on every commit.
+    Full,
+}
+
+/// SQLite implementation of [`Store`].
+#[derive(Debug)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    path: PathBuf,
+}
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    pub async fn open(path: &Path, sync: SyncMode) -> StoreResult<Self> {
+        let url = path.display().to_string();
+        let base = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match sync {
+                SyncMode::Normal => SqliteSynchronous::Normal,
+                SyncMode::Full => SqliteSynchronous::Full,
+            })
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true)
+            .pragma("temp_store", "memory");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(base.clone().create_if_missing(true))
+            .await
+            .map_err(|e| StoreError::Open {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+        MIGRATOR.run(&writer).await?;
+        let readers = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(2)
+            .clamp(2, 8)
+            * 2;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(readers)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(base.pragma("query_only", "1"))
+            .await
+            .map_err(|e| StoreError::Open {
+                url,
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            writer,
+            reader,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn begin(&self, action: &'static str) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify(action))
+    }
+}
+
+/// Maps a sqlx error to a [`StoreError`], separating "the database cannot be used right
+/// now" (disk full, read-only, I/O, lock timeout) from other failures.
+fn classify(action: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |error| {
+        let unavailable = match &error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db
+                .code()
+                .and_then(|code| code.parse::<i64>().ok())
+                .map(|code| code & 0xff)
+                .is_some_and(|primary| {
+                    // BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN
+                    matches!(primary, 5 | 6 | 8 | 10 | 13 | 14)
+                }),
+            _ => false,
+        };
+        if unavailable {
+            StoreError::Unavailable {
+                action,
+                source: error,
+            }
+        } else {
+            StoreError::Database {
+                action,
+                source: error,
+            }
+        }
+    }
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+fn to_json<T: Serialize>(what: &str, value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
+        what: what.to_owned(),
+        message: format!("cannot encode: {e}"),
+    })
+}
+
+fn from_json<T: DeserializeOwned>(what: &str, id: &str, text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        what: format!("{what} `{id}`"),
+        message: e.to_string(),
+    })
+}
+
+fn col<'r, T>(row: &'r SqliteRow, name: &str) -> StoreResult<T>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(name).map_err(|e| StoreError::Corrupt {
+        what: format!("column `{name}`"),
+        message: e.to_string(),
+    })
+}
+
+fn u64_col(row: &SqliteRow, name: &str) -> StoreResult<u64> {
+    Ok(col::<i64>(row, name)?.max(0) as u64)
+}
+
+fn usage_from_row(row: &SqliteRow) -> StoreResult<Usage> {
+    let prompt = u64_col(row, "prompt_tokens")?;
+    let completion = u64_col(row, "completion_tokens")?;
+    Ok(Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt + completion,
+        cost_usd: col::<i64>(row, "cost_micros")? as f64 / 1_000_000.0,
+        turns: u64_col(row, "turns")?,
+        dispatches: u64_col(row, "dispatches")?,
+    })
+}
+
+fn agent_from_row(row: &SqliteRow) -> StoreResult<AgentCb> {
+    let id: String = col(row, "agent_id")?;
+    let mut agent: AgentCb = from_json("agent", &id, &col::<String>(row, "body")?)?;
+    agent.revision = u64_col(row, "revision")?;
+    agent.updated_at = Timestamp::from_millis(col(row, "updated_at")?);
+    agent.usage = usage_from_row(row)?;
+    Ok(agent)
+}
+
+fn session_from_row(row: &SqliteRow) -> StoreResult<SessionCb> {
+    let id: String = col(row, "session_id")?;
+    let mut session: SessionCb = from_json("session", &id, &col::<String>(row, "body")?)?;
+    session.revision = u64_col(row, "revision")?;
+    session.last_seq = u64_col(row, "last_seq")?;
+    session.updated_at = Timestamp::from_millis(col(row, "updated_at")?);
+    session.usage = usage_from_row(row)?;
+    Ok(session)
+}
+
+fn message_from_row(row: &SqliteRow) -> StoreResult<Message> {
+    let id: String = col(row, "message_id")?;
+    let role_text: String = col(row, "role")?;
+    let origin_text: String = col(row, "origin")?;
+    let corrupt = |message: String| StoreError::Corrupt {
+        what: format!("message `{id}`"),
+        message,
+    };
+    let role = Role::from_wire(&role_text).ok_or_else(|| corrupt(format!("role `{role_text}`")))?;
+    let origin =
+        Origin::parse(&origin_text).ok_or_else(|| corrupt(format!("origin `{origin_text}`")))?;
+    let parts: Vec<Part> = from_json("message parts", &id, &col::<String>(row, "parts")?)?;
+    Ok(Message {
+        session_id: col(row, "session_id")?,
+        seq: u64_col(row, "seq")?,
+        role,
+        origin,
+        parts,
+        dispatch_id: col(row, "dispatch_id")?,
+        created_at: Timestamp::from_millis(col(row, "created_at")?),
+        id,
+    })
+}
+
+fn content_info_from_row(row: &SqliteRow) -> StoreResult<ContentInfo> {
+    Ok(ContentInfo {
+        content_id: col(row, "content_id")?,
+        session_id: col(row, "session_id")?,
+        agent_id: col(row, "agent_id")?,
+        size_chars: u64_col(row, "size_chars")?,
+        line_count: u64_col(row, "line_count")?,
+        created_by: col(row, "created_by")?,
+        created_at: Timestamp::from_millis(col(row, "created_at")?),
+    })
+}
+
+fn log_from_row(row: &SqliteRow) -> StoreResult<LogEntry> {
+    let id: String = col(row, "log_id")?;
+    let targets: Option<String> = col(row, "targets")?;
+    let data: Option<String> = col(row, "data")?;
+    Ok(LogEntry {
+        seq: u64_col(row, "seq")?,
+        ts: Timestamp::from_millis(col(row, "ts")?),
+        caller: col(row, "caller")?,
+        op: col(row, "op")?,
+        agent_id: col(row, "agent_id")?,
+        session_id: col(row, "session_id")?,
+        outcome: col(row, "outcome")?,
+        duration_us: u64_col(row, "duration_us")?,
+        targets: targets
+            .map(|t| from_json("log targets", &id, &t))
+            .transpose()?,
+        data: data.map(|d| from_json("log data", &id, &d)).transpose()?,
+        id,
+    })
+}
+
+fn token_from_row(row: &SqliteRow) -> StoreResult<TokenRecord> {
+    let token_id: String = col(row, "token_id")?;
+    let scope: TokenScope = from_json("token scope", &token_id, &col::<String>(row, "scope")?)?;
+    Ok(TokenRecord {
+        secret_hash: col(row, "secret_hash")?,
+        info: TokenInfo {
+            scope,
+            label: col(row, "label")?,
+            created_by: col(row, "created_by")?,
+            created_at: Timestamp::from_millis(col(row, "created_at")?),
+            expires_at: col::<Option<i64>>(row, "expires_at")?.map(Timestamp::from_millis),
+            revoked_at: col::<Option<i64>>(row, "revoked_at")?.map(Timestamp::from_millis),
+            token_id,
+        },
+    })
+}
+
+fn status_str(status: AgentStatus) -> &'static str {
+    match status {
+        AgentStatus::Active => "active",
+        AgentStatus::Archived => "archived",
+    }
+}
+
+fn session_status_str(status: SessionStatus) -> &'static str {
+    match status {
+        SessionStatus::Initializing => "initializing",
+        SessionStatus::Ready => "ready",
+        SessionStatus::Archived => "archived",
+    }
+}
+
+fn phase_str(phase: SessionPhase) -> &'static str {
+    match phase {
+        SessionPhase::Bootstrapping => "bootstrapping",
+        SessionPhase::Idle => "idle",
+        SessionPhase::Dispatched => "dispatched",
+        SessionPhase::Compacting => "compacting",
+    }
+}
+
+fn limit(limit: u32) -> i64 {
+    i64::from(limit.clamp(1, 10_000))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn close(&self) {
+        self.reader.close().await;
+        // A passive checkpoint keeps the WAL short for the next start; failure is harmless.
+        let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&self.writer)
+            .await;
+        self.writer.close().await;
+    }
+
+    // -- system ----------------------------------------------------------------------------
+
+    async fn load_system(&self) -> StoreResult<Option<SystemCb>> {
+        let row = sqlx::query("SELECT revision, updated_at, body FROM system_cb WHERE id = 1")
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(classify("loading the system control block"))?;
+        row.map(|row| {
+            let mut system: SystemCb = from_json("system", "1", &col::<String>(&row, "body")?)?;
+            system.revision = u64_col(&row, "revision")?;
+            system.updated_at = Timestamp::from_millis(col(&row, "updated_at")?);
+            Ok(system)
+        })
+        .transpose()
+    }
+
+    async fn insert_system(&self, system: &SystemCb) -> StoreResult<()> {
+        let body = to_json("system", system)?;
+        sqlx::query(
+            "INSERT INTO system_cb (id, revision, updated_at, body) VALUES (1, ?1, ?2, ?3)",
+        )
+        .bind(system.revision as i64)
+        .bind(system.updated_at.as_millis())
+        .bind(body)
+        .execute(&self.writer)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Duplicate {
+                    kind: "system control block",
+                    id: "1".into(),
+                }
+            } else {
+                classify("creating the system control block")(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn save_system(&self, system: &SystemCb, expected: u64) -> StoreResult<()> {
+        let body = to_json("system", system)?;
+        let done = sqlx::query(
+            "UPDATE system_cb SET revision = ?1, updated_at = ?2, body = ?3 WHERE id = 1 AND revision = ?4",
+        )
+        .bind(system.revision as i64)
+        .bind(system.updated_at.as_millis())
+        .bind(body)
+        .bind(expected as i64)
+        .execute(&self.writer)
+        .await
+        .map_err(classify("saving the system control block"))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict {
+                kind: "system",
+                id: "system".into(),
+                expected,
+            });
+        }
+        Ok(())
+    }
+
+    // -- agents ----------------------------------------------------------------------------
+
+    async fn insert_agent(&self, agent: &AgentCb) -> StoreResult<()> {
+        let body = to_json("agent", agent)?;
+        sqlx::query(
+            "INSERT INTO agents (agent_id, status, revision, created_at, updated_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(&agent.agent_id)
+        .bind(status_str(agent.status))
+        .bind(agent.revision as i64)
+        .bind(agent.created_at.as_millis())
+        .bind(agent.updated_at.as_millis())
+        .bind(body)
+        .execute(&self.writer)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Duplicate {
+                    kind: "agent",
+                    id: agent.agent_id.clone(),
+                }
+            } else {
+                classify("creating an agent")(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn get_agent(&self, agent_id: &str) -> StoreResult<Option<AgentCb>> {
+        sqlx::query("SELECT * FROM agents WHERE agent_id = ?1")
+            .bind(agent_id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(classify("reading an agent"))?
+            .as_ref()
+            .map(agent_from_row)
+            .transpose()
+    }
+
+    async fn list_agents(
+        &self,
+        status: Option<AgentStatus>,
+        page: &ListQuery,
+    ) -> StoreResult<Vec<AgentCb>> {
+        let rows = sqlx::query(
+            "SELECT * FROM agents
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR agent_id > ?2)
+             ORDER BY agent_id LIMIT ?3",
+        )
+        .bind(status.map(status_str))
+        .bind(page.after.as_deref())
+        .bind(limit(page.limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify("listing agents"))?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    async fn save_agent(&self, agent: &AgentCb, expected: u64) -> StoreResult<()> {
+        let body = to_json("agent", agent)?;
+        let done = sqlx::query(
+            "UPDATE agents SET status = ?1, revision = ?2, updated_at = ?3, body = ?4
+             WHERE agent_id = ?5 AND revision = ?6",
+        )
+        .bind(status_str(agent.status))
+        .bind(agent.revision as i64)
+        .bind(agent.updated_at.as_millis())
+        .bind(body)
+        .bind(&agent.agent_id)
+        .bind(expected as i64)
+        .execute(&self.writer)
+        .await
+        .map_err(classify("saving an agent"))?;
+        if done.rows_affected() == 0 {
+            return Err(match self.get_agent(&agent.agent_id).await? {
+                Some(_) => StoreError::Conflict {
+                    kind: "agent",
+                    id: agent.agent_id.clone(),
+                    expected,
+                },
+                None => StoreError::NotFound {
+                    kind: "agent",
+                    id: agent.agent_id.clone(),
+                },
+            });
+        }
+        Ok(())
+    }
+
+    // -- sessions --------------------------------------------------------------------------
+
+    async fn insert_session(&self, session: &SessionCb) -> StoreResult<()> {
+        let body = to_json("session", session)?;
+        sqlx::query(
+            "INSERT INTO sessions (session_id, agent_id, status, phase, revision, last_seq,
+                                   created_at, updated_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8)",
+        )
+        .bind(&session.session_id)
+        .bind(&session.agent_id)
+        .bind(session_status_str(session.status))
+        .bind(phase_str(session.phase))
+        .bind(session.revision as i64)
+        .bind(session.created_at.as_millis())
+        .bind(session.updated_at.as_millis())
+        .bind(body)
+        .execute(&self.writer)
+        .await
+        .map_err(|e| match &e {
+            e2 if is_unique_violation(e2) => StoreError::Duplicate {
+                kind: "session",
+                id: session.session_id.clone(),
+            },
+            sqlx::Error::Database(db)
+                if db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation =>
+            {
+                StoreError::NotFound {
+                    kind: "agent",
+                    id: session.agent_id.clone(),
+                }
+            }
+            _ => classify("creating a session")(e),
+        })?;
+        Ok(())
+    }
+
+    async fn get_session(&self, session_id: &str) -> StoreResult<Option<SessionCb>> {
+        sqlx::query("SELECT * FROM sessions WHERE session_id = ?1")
+            .bind(session_id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(classify("reading a session"))?
+            .as_ref()
+            .map(session_from_row)
+            .transpose()
+    }
+
+    async fn list_sessions(
+        &self,
+        agent_id: Option<&str>,
+        status: Option<SessionStatus>,
+        page: &ListQuery,
+    ) -> StoreResult<Vec<SessionCb>> {
+        let rows = sqlx::query(
+            "SELECT * FROM sessions
+             WHERE (?1 IS NULL OR agent_id = ?1) AND (?2 IS NULL OR status = ?2)
+               AND (?3 IS NULL OR session_id > ?3)
+             ORDER BY session_id LIMIT ?4",
+        )
+        .bind(agent_id)
+        .bind(status.map(session_status_str))
+        .bind(page.after.as_deref())
+        .bind(limit(page.limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify("listing sessions"))?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    async fn save_session(&self, session: &SessionCb, expected: u64) -> StoreResult<()> {
+        let body = to_json("session", session)?;
+        let done = sqlx::query(
+            "UPDATE sessions SET status = ?1, phase = ?2, revision = ?3, updated_at = ?4, body = ?5
+             WHERE session_id = ?6 AND revision = ?7",
+        )
+        .bind(session_status_str(session.status))
+        .bind(phase_str(session.phase))
+        .bind(session.revision as i64)
+        .bind(session.updated_at.as_millis())
+        .bind(body)
+        .bind(&session.session_id)
+        .bind(expected as i64)
+        .execute(&self.writer)
+        .await
+        .map_err(classify("saving a session"))?;
+        if done.rows_affected() == 0 {
+            return Err(match self.get_session(&session.session_id).await? {
+                Some(_) => StoreError::Conflict {
+                    kind: "session",
+                    id: session.session_id.clone(),
+                    expected,
+                },
+                None => StoreError::NotFound {
+                    kind: "session",
+                    id: session.session_id.clone(),
+                },
+            });
+        }
+        Ok(())
+    }
+
+    async fn sessions_needing_recovery(&self) -> StoreResult<Vec<SessionCb>> {
+        let rows = sqlx::query(
+            "SELECT * FROM sessions WHERE status = 'initializing' OR phase <> 'idle'
+             ORDER BY session_id",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify("finding sessions to recover"))?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    // -- history ---------------------------------------------------------------------------
+
+    async fn append_message(&self, message: &NewMessage) -> StoreResult<AppendOutcome> {
+        let parts = to_json("message parts", &message.parts)?;
+        let mut tx = self.begin("appending to history").await?;
+        let claimed = sqlx::query(
+            "UPDATE sessions SET last_seq = last_seq + 1, revision = revision + 1, updated_at = ?1
+             WHERE session_id = ?2 AND status <> 'archived'
+             RETURNING last_seq, revision, agent_id",
+        )
+        .bind(message.created_at.as_millis())
+        .bind(&message.session_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify("appending to history"))?;
+        let Some(claimed) = claimed else {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM sessions WHERE session_id = ?1")
+                    .bind(&message.session_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(classify("appending to history"))?;
+            return Err(match status {
+                Some(_) => StoreError::SessionArchived(message.session_id.clone()),
+                None => StoreError::NotFound {
+                    kind: "session",
+                    id: message.session_id.clone(),
+                },
+            });
+        };
+        let outcome = AppendOutcome {
+            seq: u64_col(&claimed, "last_seq")?,
+            session_revision: u64_col(&claimed, "revision")?,
+            agent_id: col(&claimed, "agent_id")?,
+        };
+        sqlx::query(
+            "INSERT INTO history (session_id, seq, message_id, role, origin, dispatch_id, created_at, parts)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(&message.session_id)
+        .bind(outcome.seq as i64)
+        .bind(&message.id)
+        .bind(message.role.as_str())
+        .bind(message.origin.to_string())
+        .bind(message.dispatch_id.as_deref())
+        .bind(message.created_at.as_millis())
+        .bind(parts)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Duplicate {
+                    kind: "message",
+                    id: message.id.clone(),
+                }
+            } else {
+                classify("appending to history")(e)
+            }
+        })?;
+        tx.commit()
+            .await
+            .map_err(classify("appending to history"))?;
+        Ok(outcome)
+    }
+
+    async fn list_messages(
+        &self,
+        session_id: &str,
+        query: &HistoryQuery,
+    ) -> StoreResult<Vec<Message>> {
+        let sql = if query.descending {
+            "SELECT * FROM history WHERE session_id = ?1 AND seq >= ?2 AND seq <= ?3
+             ORDER BY seq DESC LIMIT ?4"
+        } else {
+            "SELECT * FROM history WHERE session_id = ?1 AND seq >= ?2 AND seq <= ?3
+             ORDER BY seq ASC LIMIT ?4"
+        };
+        let rows = sqlx::query(sql)
+            .bind(session_id)
+            .bind(query.from_seq.unwrap_or(1).min(i64::MAX as u64) as i64)
+            .bind(query.to_seq.unwrap_or(i64::MAX as u64).min(i64::MAX as u64) as i64)
+            .bind(limit(query.limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(classify("reading history"))?;
+        rows.iter().map(message_from_row).collect()
+    }
+
+    async fn get_message(
+        &self,
+        session_id: &str,
+        message_id: &str,
+    ) -> StoreResult<Option<Message>> {
+        sqlx::query("SELECT * FROM history WHERE session_id = ?1 AND message_id = ?2")
+            .bind(session_id)
+            .bind(message_id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(classify("reading a history message"))?
+            .as_ref()
+            .map(message_from_row)
+            .transpose()
+    }
+
+    async fn get_message_by_seq(&self, session_id: &str, seq: u64) -> StoreResult<Option<Message>> {
+        sqlx::query("SELECT * FROM history WHERE session_id = ?1 AND seq = ?2")
+            .bind(session_id)
+            .bind(seq.min(i64::MAX as u64) as i64)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(classify("reading a history message"))?
+            .as_ref()
+            .map(message_from_row)
+            .transpose()
+    }
+
+    async fn find_messages_containing(
+        &self,
+        session_id: &str,
+        needle: &str,
+        before_seq: Option<u64>,
+        limit_rows: u32,
+    ) -> StoreResult<Vec<Message>> {
+        let rows = sqlx::query(
+            "SELECT * FROM history
+             WHERE session_id = ?1 AND seq < ?2 AND (?3 = '' OR instr(lower(parts), lower(?3)) > 0)
+             ORDER BY seq DESC LIMIT ?4",
+        )
+        .bind(session_id)
+        .bind(before_seq.unwrap_or(i64::MAX as u64).min(i64::MAX as u64) as i64)
+        .bind(needle)
+        .bind(limit(limit_rows))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify("searching history"))?;
+        rows.iter().map(message_from_row).collect()
+    }
+
+    // -- content ---------------------------------------------------------------------------
+
+    async fn put_content(&self, content: &ContentRecord) -> StoreResult<()> {
+        let info = &content.info;
+        sqlx::query(
+            "INSERT INTO content (content_id, session_id, agent_id, size_chars, line_count,
+                                  created_by, created_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(&info.content_id)
+        .bind(&info.session_id)
+        .bind(&info.agent_id)
+        .bind(info.size_chars as i64)
+        .bind(info.line_count as i64)
+        .bind(&info.created_by)
+        .bind(info.created_at.as_millis())
+        .bind(&content.body)
+        .execute(&self.writer)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Duplicate {
+                    kind: "content",
+                    id: info.content_id.clone(),
+                }
+            } else {
+                classify("storing content")(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn get_content(&self, content_id: &str) -> StoreResult<Option<ContentRecord>> {
+        sqlx::query("SELECT * FROM content WHERE content_id = ?1")
+            .bind(content_id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(classify("reading content"))?
+            .map(|row| {
+                Ok(ContentRecord {
+                    info: content_info_from_row(&row)?,
+                    body: col(&row, "body")?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn get_content_info(&self, content_id: &str) -> StoreResult<Option<ContentInfo>> {
+        sqlx::query(
+            "SELECT content_id, session_id, agent_id, size_chars, line_count, created_by, created_at
+             FROM content WHERE content_id = ?1",
+        )
+        .bind(content_id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(classify("reading content metadata"))?
+        .as_ref()
+        .map(content_info_from_row)
+        .transpose()
+    }
+
+    // -- runtime log -----------------------------------------------------------------------
+
+    async fn append_log(&self, entries: &[NewLogEntry]) -> StoreResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin("writing the runtime log").await?;
+        for entry in entries {
+            let targets = entry
+                .targets
+                .as_ref()
+                .map(|t| to_json("log targets", t))
+                .transpose()?;
+            let data = entry
+                .data
+                .as_ref()
+                .map(|d| to_json("log data", d))
+                .transpose()?;
+            sqlx::query(
+                "INSERT INTO runtime_log (log_id, ts, caller, op, agent_id, session_id, outcome,
+                                          duration_us, targets, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .bind(&entry.id)
+            .bind(entry.ts.as_millis())
+            .bind(&entry.caller)
+            .bind(&entry.op)
+            .bind(entry.agent_id.as_deref())
+            .bind(entry.session_id.as_deref())
+            .bind(&entry.outcome)
+            .bind(entry.duration_us.min(i64::MAX as u64) as i64)
+            .bind(targets)
+            .bind(data)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify("writing the runtime log"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(classify("writing the runtime log"))?;
+        Ok(())
+    }
+
+    async fn list_log(&self, query: &LogQuery) -> StoreResult<Vec<LogEntry>> {
+        let rows = sqlx::query(
+            "SELECT * FROM runtime_log
+             WHERE seq > ?1 AND (?2 IS NULL OR op = ?2) AND (?3 IS NULL OR agent_id = ?3)
+               AND (?4 IS NULL OR session_id = ?4)
+             ORDER BY seq LIMIT ?5",
+        )
+        .bind(query.after_seq.unwrap_or(0).min(i64::MAX as u64) as i64)
+        .bind(query.op.as_deref())
+        .bind(query.agent_id.as_deref())
+        .bind(query.session_id.as_deref())
+        .bind(limit(query.limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify("reading the runtime log"))?;
+        rows.iter().map(log_from_row).collect()
+    }
+
+    // -- dispatches ------------------------------------------------------------------------
+
+    async fn insert_dispatch(&self, dispatch: &Dispatch) -> StoreResult<()> {
+        let body = to_json("dispatch", dispatch)?;
+        sqlx::query(
+            "INSERT INTO dispatches (dispatch_id, session_id, agent_id, status, queued_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(&dispatch.dispatch_id)
+        .bind(&dispatch.session_id)
+        .bind(&dispatch.agent_id)
+        .bind(dispatch.status.as_str())
+        .bind(dispatch.queued_at.as_millis())
+        .bind(body)
+        .execute(&self.writer)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Duplicate {
+                    kind: "dispatch",
+                    id: dispatch.dispatch_id.clone(),
+                }
+            } else {
+                classify("recording a dispatch")(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn get_dispatch(&self, dispatch_id: &str) -> StoreResult<Option<Dispatch>> {
+        let body: Option<String> =
+            sqlx::query_scalar("SELECT body FROM dispatches WHERE dispatch_id = ?1")
+                .bind(dispatch_id)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(classify("reading a dispatch"))?;
+        body.map(|b| from_json("dispatch", dispatch_id, &b))
+            .transpose()
+    }
+
+    async fn save_dispatch(&self, dispatch: &Dispatch) -> StoreResult<()> {
+        let body = to_json("dispatch", dispatch)?;
+        let done =
+            sqlx::query("UPDATE dispatches SET status = ?1, body = ?2 WHERE dispatch_id = ?3")
+                .bind(dispatch.status.as_str())
+                .bind(body)
+                .bind(&dispatch.dispatch_id)
+                .execute(&self.writer)
+                .await
+                .map_err(classify("updating a dispatch"))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                kind: "dispatch",
+                id: dispatch.dispatch_id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn list_dispatches(
+        &self,
+        session_id: Option<&str>,
+        status: Option<DispatchStatus>,
+        page: &ListQuery,
+    ) -> StoreResult<Vec<Dispatch>> {
+        let rows = sqlx::query(
+            "SELECT dispatch_id, body FROM dispatches
+             WHERE (?1 IS NULL OR session_id = ?1) AND (?2 IS NULL OR status = ?2)
+               AND (?3 IS NULL OR dispatch_id > ?3)
+             ORDER BY dispatch_id LIMIT ?4",
+        )
+        .bind(session_id)
+        .bind(status.map(DispatchStatus::as_str))
+        .bind(page.after.as_deref())
+        .bind(limit(page.limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify("listing dispatches"))?;
+        rows.iter()
+            .map(|row| {
+                let id: String = col(row, "dispatch_id")?;
+                from_json("dispatch", &id, &col::<String>(row, "body")?)
+            })
+            .collect()
+    }
+
+    // -- usage -----------------------------------------------------------------------------
+
+    async fn add_usage(&self, session_id: &str, usage: &Usage) -> StoreResult<()> {
+        let cost_micros = (usage.cost_usd * 1_000_000.0).round() as i64;
+        let mut tx = self.begin("recording usage").await?;
+        let agent_id: Option<String> = sqlx::query_scalar(
+            "UPDATE sessions SET prompt_tokens = prompt_tokens + ?1,
+                 completion_tokens = completion_tokens + ?2, cost_micros = cost_micros + ?3,
+                 turns = turns + ?4, dispatches = dispatches + ?5
+             WHERE session_id = ?6 RETURNING agent_id",
+        )
+        .bind(usage.prompt_tokens as i64)
+        .bind(usage.completion_tokens as i64)
+        .bind(cost_micros)
+        .bind(usage.turns as i64)
+        .bind(usage.dispatches as i64)
+        .bind(session_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify("recording usage"))?;
+        let Some(agent_id) = agent_id else {
+            return Err(StoreError::NotFound {
+                kind: "session",
+                id: session_id.to_owned(),
+            });
+        };
+        sqlx::query(
+            "UPDATE agents SET prompt_tokens = prompt_tokens + ?1,
+                 completion_tokens = completion_tokens + ?2, cost_micros = cost_micros + ?3,
+                 turns = turns + ?4, dispatches = dispatches + ?5
+             WHERE agent_id = ?6",
+        )
+        .bind(usage.prompt_tokens as i64)
+        .bind(usage.completion_tokens as i64)
+        .bind(cost_micros)
+        .bind(usage.turns as i64)
+        .bind(usage.dispatches as i64)
+        .bind(agent_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify("recording usage"))?;
+        tx.commit().await.map_err(classify("recording usage"))?;
+        Ok(())
+    }
+
+    async fn system_usage(&self) -> StoreResult<Usage> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,
+                    COALESCE(SUM(completion_tokens), 0) AS completion_tokens,
+                    COALESCE(SUM(cost_micros), 0) AS cost_micros,
+                    COALESCE(SUM(turns), 0) AS turns,
+                    COALESCE(SUM(dispatches), 0) AS dispatches
+             FROM agents",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(classify("summing usage"))?;
+        usage_from_row(&row)
+    }
+
+    // -- tokens ----------------------------------------------------------------------------
+
+    async fn insert_token(&self, token: &TokenRecord) -> StoreResult<()> {
+        let info = &token.info;
+        sqlx::query(
+            "INSERT INTO tokens (token_id, secret_hash, scope, label, created_by, created_at,
+                                 expires_at, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(&info.token_id)
+        .bind(&token.secret_hash)
+        .bind(to_json("token scope", &info.scope)?)
+        .bind(info.label.as_deref())
+        .bind(&info.created_by)
+        .bind(info.created_at.as_millis())
+        .bind(info.expires_at.map(Timestamp::as_millis))
+        .bind(info.revoked_at.map(Timestamp::as_millis))
+        .execute(&self.writer)
+        .await
+        .map_err(classify("storing a token"))?;
+        Ok(())
+    }
+
+    async fn find_token(&self, secret_hash: &str) -> StoreResult<Option<TokenRecord>> {
+        sqlx::query("SELECT * FROM tokens WHERE secret_hash = ?1")
+            .bind(secret_hash)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(classify("looking up a token"))?
+            .as_ref()
+            .map(token_from_row)
+            .transpose()
+    }
+
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenInfo>> {
+        let rows = sqlx::query("SELECT * FROM tokens ORDER BY token_id")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(classify("listing tokens"))?;
+        rows.iter()
+            .map(|row| token_from_row(row).map(|t| t.info))
+            .collect()
+    }
+
+    async fn revoke_token(&self, token_id: &str, at: Timestamp) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE tokens SET revoked_at = ?1 WHERE token_id = ?2 AND revoked_at IS NULL",
+        )
+        .bind(at.as_millis())
+        .bind(token_id)
+        .execute(&self.writer)
+        .await
+        .map_err(classify("revoking a token"))?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+impl FromStr for SyncMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.to_ascii_lowercase().as_str() {
+            "normal" => Ok(SyncMode::Normal),
+            "full" => Ok(SyncMode::Full),
+            other => Err(format!(
+                "unknown SQLite sync mode `{other}`: expected `normal` or `full`"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::conformance;
+
+    async fn open(dir: &Path) -> SqliteStore {
+        SqliteStore::open(&dir.join("aos.db"), SyncMode::Normal)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn passes_the_store_conformance_suite() {
+        let root = tempfile::tempdir().unwrap();
+        let counter = std::sync::atomic::AtomicUsize::new(0);
+        conformance::run_all(|| {
+            let dir = root.path().join(
+                counter
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                    .to_string(),
+            );
+            async move {
+                std::fs::create_dir_all(&dir).unwrap();
+                Arc::new(open(&dir).await) as Arc<dyn Store>
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn history_content_and_log_rows_cannot_be_rewritten_even_with_raw_sql() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        store
+            .insert_agent(&conformance::agent("agt_a"))
+            .await
+            .unwrap();
+        store
+            .insert_session(&conformance::session("ses_a", "agt_a"))
+            .await
+            .unwrap();
+        store
+            .append_message(&conformance::text_message("ses_a", "fact"))
+            .await
+            .unwrap();
+        store
+            .put_content(&ContentRecord {
+                info: ContentInfo {
+                    content_id: "cnt_1".into(),
+                    session_id: "ses_a".into(),
+                    agent_id: "agt_a".into(),
+                    size_chars: 4,
+                    line_count: 1,
+                    created_by: "human".into(),
+                    created_at: Timestamp::now(),
+                },
+                body: "blob".into(),
+            })
+            .await
+            .unwrap();
+        store
+            .append_log(&[LogEntry {
+                seq: 0,
+                id: "log_1".into(),
+                ts: Timestamp::now(),
+                caller: "admin".into(),
+                op: "agent.create".into(),
+                agent_id: None,
+                session_id: None,
+                outcome: "ok".into(),
+                duration_us: 1,
+                targets: None,
+                data: None,
+            }])
+            .await
+            .unwrap();
+        for statement in [
+            "UPDATE history SET parts = '[]'",
+            "DELETE FROM history",
+            "UPDATE content SET body = ''",
+            "DELETE FROM runtime_log",
+        ] {
+            let error = sqlx::query(statement)
+                .execute(&store.writer)
+                .await
+                .expect_err(statement);
+            let text = error.to_string();
+            assert!(
+                text.contains("append-only") || text.contains("immutable"),
+                "{statement}: {text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn everything_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        store
+            .insert_agent(&conformance::agent("agt_a"))
+            .await
+            .unwrap();
+        store
+            .insert_session(&conformance::session("ses_a", "agt_a"))
+            .await
+            .unwrap();
+        let message = conformance::text_message("ses_a", "persist me");
+        store.append_message(&message).await.unwrap();
+        let before = store.get_message("ses_a", &message.id).await.unwrap();
+        store.close().await;
+        drop(store);
+        let reopened = open(dir.path()).await;
+        assert_eq!(
+            reopened.get_message("ses_a", &message.id).await.unwrap(),
+            before
+        );
+        assert_eq!(
+            reopened
+                .get_session("ses_a")
+                .await
+                .unwrap()
+                .unwrap()
+                .last_seq,
+            1
+        );
+    }
+}

@@ -1,0 +1,485 @@
+//! `skill.*` and `service.*`: the skill index, loading skill text into sessions, the
+//! catalog an owner sees, and default resolution.
+
+use aos_sdk::protocol::{
+    CatalogItem, CatalogParams, DefaultResolveParams, DefaultResolveResult, ErrorCode,
+    IndexRefreshResult, NoParams, Origin, OwnerType, PartBody, Role, ServiceIdParams, SkillDetail,
+    SkillLoadCause, SkillLoadParams, SkillLoaded, SkillManifest, SkillNameParams, SkillStartParams,
+};
+use serde_json::{Value, json};
+
+use super::session::{AppendRequest, append_message, require_ready};
+use super::validate;
+use super::{Access, Ctx, OpKind, OpSpec, Out, SyscallError, not_yet, op};
+use crate::hooks::{Admission, EventName, HookScope, Transform};
+use crate::sessions::defaults::resolve;
+use crate::skills::{IndexedSkill, Snapshot};
+
+const SERVICES: &str = "the skills-and-services part (supervisor, protocol v1)";
+
+pub(super) fn ops() -> Vec<OpSpec> {
+    vec![
+        op(
+            "skill.index.refresh",
+            OpKind::Command,
+            Access::System,
+            "Rescan the skill root and rebuild the skill index.",
+            index_refresh,
+        ),
+        op(
+            "skill.list",
+            OpKind::Query,
+            Access::Anyone,
+            "List every indexed skill, broken ones included with their error.",
+            list,
+        ),
+        op(
+            "skill.get",
+            OpKind::Query,
+            Access::Anyone,
+            "Read one skill's manifest and text.",
+            get,
+        ),
+        op(
+            "skill.load",
+            OpKind::Command,
+            Access::Session {
+                field: "sessionId",
+                write: true,
+            },
+            "Load a skill's text into a session (a `skill-load` fact in history).",
+            load,
+        ),
+        op(
+            "skill.unload",
+            OpKind::Command,
+            Access::Session {
+                field: "sessionId",
+                write: true,
+            },
+            "Drop a loaded skill's text from the session's context from now on (a `skill-unload` fact).",
+            unload,
+        ),
+        op(
+            "skill.catalog.list",
+            OpKind::Query,
+            Access::Scoped,
+            "The usable skills (name and description), optionally filtered by words; no hooks run.",
+            catalog_list,
+        ),
+        op(
+            "skill.catalog.refresh",
+            OpKind::Command,
+            Access::Scoped,
+            "Compute the catalog through the discovery hooks (`skill.discovery.before`, `skill.discovery.resolve`).",
+            catalog_refresh,
+        ),
+        op(
+            "skill.default.resolve",
+            OpKind::Query,
+            Access::Scoped,
+            "The default skills a new session would load, and the services its owner would start.",
+            default_resolve,
+        ),
+        not_yet::<SkillStartParams>(
+            "skill.start",
+            OpKind::Command,
+            Access::Scoped,
+            "Start a skill's service for an owner (system, agent or session).",
+            SERVICES,
+        ),
+        not_yet::<ServiceIdParams>(
+            "skill.stop",
+            OpKind::Command,
+            Access::Scoped,
+            "Stop a running service.",
+            SERVICES,
+        ),
+        not_yet::<NoParams>(
+            "service.list",
+            OpKind::Query,
+            Access::Scoped,
+            "List services with state, pid, restarts, last error and registered hooks.",
+            SERVICES,
+        ),
+        not_yet::<ServiceIdParams>(
+            "service.get",
+            OpKind::Query,
+            Access::Scoped,
+            "Read one service.",
+            SERVICES,
+        ),
+    ]
+}
+
+fn usable<'a>(
+    snapshot: &'a Snapshot,
+    name: &str,
+) -> Result<&'a std::sync::Arc<IndexedSkill>, SyscallError> {
+    if let Some(skill) = snapshot.get(name) {
+        return Ok(skill);
+    }
+    match snapshot
+        .all
+        .iter()
+        .find(|s| s.manifest.name == name)
+        .and_then(|s| s.manifest.error.clone())
+    {
+        Some(error) => Err(SyscallError::new(
+            ErrorCode::NotFound,
+            format!(
+                "skill `{name}` is broken: {}{} ({})",
+                error.message,
+                error
+                    .line
+                    .map(|l| format!(" at line {l}"))
+                    .unwrap_or_default(),
+                error.file
+            ),
+        )
+        .with_details(json!({"kind": "skill", "id": name, "error": error}))),
+        None => Err(SyscallError::not_found("skill", name)),
+    }
+}
+
+async fn index_refresh(ctx: Ctx, _: NoParams) -> Result<Out<IndexRefreshResult>, SyscallError> {
+    let root = ctx.kernel.skills.root().display().to_string();
+    ctx.kernel
+        .hooks
+        .admit(
+            Admission::SkillIndexRefreshBefore,
+            HookScope::default(),
+            || (json!({"skillRoot": root}), json!({})),
+        )
+        .await?;
+    let snapshot = ctx.kernel.refresh_skills().await;
+    let result = IndexRefreshResult {
+        indexed_count: snapshot.usable_count() as u64,
+        error_count: snapshot.error_count() as u64,
+    };
+    ctx.kernel.emit(
+        EventName::SkillIndexRefreshAfter,
+        None,
+        None,
+        json!({"indexedCount": result.indexed_count, "errorCount": result.error_count}),
+    );
+    Ok(Out::new(result))
+}
+
+async fn list(ctx: Ctx, _: NoParams) -> Result<Out<Vec<SkillManifest>>, SyscallError> {
+    let snapshot = ctx.kernel.skills.snapshot();
+    Ok(Out::new(
+        snapshot.all.iter().map(|s| s.manifest.clone()).collect(),
+    ))
+}
+
+async fn get(ctx: Ctx, params: SkillNameParams) -> Result<Out<SkillDetail>, SyscallError> {
+    let snapshot = ctx.kernel.skills.snapshot();
+    if let Some(skill) = snapshot.get(&params.name) {
+        return Ok(Out::new(SkillDetail {
+            manifest: skill.manifest.clone(),
+            text: skill.text.as_deref().unwrap_or_default().to_owned(),
+        }));
+    }
+    // Broken skills are shown with their error rather than hidden.
+    match snapshot.all.iter().find(|s| s.manifest.name == params.name) {
+        Some(broken) => Ok(Out::new(SkillDetail {
+            manifest: broken.manifest.clone(),
+            text: String::new(),
+        })),
+        None => Err(SyscallError::not_found("skill", &params.name)),
+    }
+}
+
+async fn load(ctx: Ctx, params: SkillLoadParams) -> Result<Out<SkillLoaded>, SyscallError> {
+    let session = ctx.kernel.get_session(&params.session_id).await?;
+    require_ready(&session)?;
+    let snapshot = ctx.kernel.skills.snapshot();
+    let skill = usable(&snapshot, &params.name)?;
+    let (agent_id, session_id) = (session.agent_id.as_str(), session.session_id.as_str());
+    ctx.kernel
+        .hooks
+        .admit(Admission::SkillLoadBefore, HookScope::session(agent_id, session_id), || {
+            (
+                json!({"agentId": agent_id, "sessionId": session_id, "name": params.name, "cause": "explicit"}),
+                json!({}),
+            )
+        })
+        .await?;
+    let text = skill.text.as_deref().unwrap_or_default().to_owned();
+    let (message, revision) = append_message(
+        &ctx.kernel,
+        AppendRequest {
+            agent_id,
+            session_id,
+            role: Role::User,
+            origin: Origin::Aos,
+            parts: vec![PartBody::SkillLoad {
+                name: params.name.clone(),
+                cause: SkillLoadCause::Explicit,
+                text: text.clone(),
+            }],
+            dispatch_id: None,
+            kernel_parts: true,
+        },
+    )
+    .await?;
+    ctx.kernel.emit(
+        EventName::SkillLoadAfter,
+        Some(agent_id),
+        Some(session_id),
+        json!({"agentId": agent_id, "sessionId": session_id, "name": params.name, "cause": "explicit", "seq": message.seq}),
+    );
+    Ok(Out::new(SkillLoaded {
+        name: params.name.clone(),
+        session_id: session_id.to_owned(),
+        message_id: message.id.clone(),
+        seq: message.seq,
+        text,
+    })
+    .revision(revision)
+    .session(agent_id, session_id)
+    .targets(json!({"skill": params.name, "seq": message.seq})))
+}
+
+async fn unload(ctx: Ctx, params: SkillLoadParams) -> Result<Out<SkillLoaded>, SyscallError> {
+    let session = ctx.kernel.get_session(&params.session_id).await?;
+    require_ready(&session)?;
+    let (agent_id, session_id) = (session.agent_id.as_str(), session.session_id.as_str());
+    if !is_loaded(&ctx, session_id, &params.name).await? {
+        return Err(SyscallError::new(
+            ErrorCode::NotFound,
+            format!(
+                "skill `{}` is not loaded in session `{session_id}`",
+                params.name
+            ),
+        ));
+    }
+    let (message, revision) = append_message(
+        &ctx.kernel,
+        AppendRequest {
+            agent_id,
+            session_id,
+            role: Role::User,
+            origin: Origin::Aos,
+            parts: vec![PartBody::SkillUnload {
+                name: params.name.clone(),
+            }],
+            dispatch_id: None,
+            kernel_parts: true,
+        },
+    )
+    .await?;
+    ctx.kernel.emit(
+        EventName::SkillUnloadAfter,
+        Some(agent_id),
+        Some(session_id),
+        json!({"agentId": agent_id, "sessionId": session_id, "name": params.name, "seq": message.seq}),
+    );
+    Ok(Out::new(SkillLoaded {
+        name: params.name.clone(),
+        session_id: session_id.to_owned(),
+        message_id: message.id,
+        seq: message.seq,
+        text: String::new(),
+    })
+    .revision(revision)
+    .session(agent_id, session_id))
+}
+
+/// Whether the newest load/unload fact for `name` in the session is a load.
+async fn is_loaded(ctx: &Ctx, session_id: &str, name: &str) -> Result<bool, SyscallError> {
+    let needle = format!("\"name\":{}", Value::String(name.to_owned()));
+    let mut before = None;
+    loop {
+        let batch = ctx
+            .kernel
+            .store
+            .find_messages_containing(session_id, &needle, before, 200)
+            .await?;
+        for message in &batch {
+            for part in message.parts.iter().rev() {
+                match &part.body {
+                    PartBody::SkillLoad { name: n, .. } if n == name => return Ok(true),
+                    PartBody::SkillUnload { name: n } if n == name => return Ok(false),
+                    _ => {}
+                }
+            }
+        }
+        match batch.last() {
+            Some(last) if batch.len() == 200 => before = Some(last.seq),
+            _ => return Ok(false),
+        }
+    }
+}
+
+/// The agent and session a catalog or resolution request concerns, after checking the
+/// caller may see them.
+async fn owner_of(
+    ctx: &Ctx,
+    agent_id: Option<&str>,
+    session_id: Option<&str>,
+) -> Result<(Option<String>, Option<String>), SyscallError> {
+    match (agent_id, session_id) {
+        (_, Some(session_id)) => {
+            let session = ctx.kernel.get_session(session_id).await?;
+            if agent_id.is_some_and(|a| a != session.agent_id) {
+                return Err(SyscallError::invalid(
+                    "agentId",
+                    format!("does not own session `{session_id}`"),
+                ));
+            }
+            if !ctx.caller.can_read_agent(&session.agent_id) {
+                return Err(ctx.caller.deny(format_args!("read session {session_id}")));
+            }
+            Ok((Some(session.agent_id), Some(session.session_id)))
+        }
+        (Some(agent_id), None) => {
+            let agent = ctx.kernel.get_agent(agent_id).await?;
+            if !ctx.caller.can_read_agent(&agent.agent_id) {
+                return Err(ctx.caller.deny(format_args!("read agent {agent_id}")));
+            }
+            Ok((Some(agent.agent_id), None))
+        }
+        (None, None) => Ok((None, None)),
+    }
+}
+
+fn matching(snapshot: &Snapshot, query: Option<&str>, limit: Option<u32>) -> Vec<CatalogItem> {
+    let words: Vec<String> = query
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_lowercase)
+        .collect();
+    snapshot
+        .by_name
+        .values()
+        .filter(|s| {
+            let haystack = format!("{} {}", s.manifest.name, s.manifest.description).to_lowercase();
+            words.iter().all(|w| haystack.contains(w.as_str()))
+        })
+        .take(limit.unwrap_or(u32::MAX) as usize)
+        .map(|s| CatalogItem {
+            name: s.manifest.name.clone(),
+            description: s.manifest.description.clone(),
+        })
+        .collect()
+}
+
+fn check_catalog_params(params: &CatalogParams) -> Result<(), SyscallError> {
+    if let Some(query) = &params.query {
+        validate::text("query", query, 0, 500)?;
+    }
+    if let Some(limit) = params.limit {
+        validate::range("limit", limit, 1, 1000)?;
+    }
+    Ok(())
+}
+
+async fn catalog_list(
+    ctx: Ctx,
+    params: CatalogParams,
+) -> Result<Out<Vec<CatalogItem>>, SyscallError> {
+    check_catalog_params(&params)?;
+    owner_of(&ctx, None, params.session_id.as_deref()).await?;
+    let snapshot = ctx.kernel.skills.snapshot();
+    Ok(Out::new(matching(
+        &snapshot,
+        params.query.as_deref(),
+        params.limit,
+    )))
+}
+
+async fn catalog_refresh(
+    ctx: Ctx,
+    params: CatalogParams,
+) -> Result<Out<Vec<CatalogItem>>, SyscallError> {
+    check_catalog_params(&params)?;
+    let (agent_id, session_id) = owner_of(&ctx, None, params.session_id.as_deref()).await?;
+    let scope = HookScope {
+        agent_id: agent_id.as_deref(),
+        session_id: session_id.as_deref(),
+    };
+    let mut query = params.query.clone().unwrap_or_default();
+    if let Some(output) = ctx
+        .kernel
+        .hooks
+        .admit(Admission::SkillDiscoveryBefore, scope, || {
+            (
+                json!({"agentId": agent_id, "sessionId": session_id, "query": query}),
+                json!({"query": query}),
+            )
+        })
+        .await?
+        && let Some(rewritten) = output.get("query").and_then(Value::as_str)
+    {
+        query = rewritten.to_owned();
+    }
+    let snapshot = ctx.kernel.skills.snapshot();
+    let mut catalog = matching(&snapshot, Some(&query), params.limit);
+    if let Some(output) = ctx
+        .kernel
+        .hooks
+        .transform(Transform::SkillDiscoveryResolve, scope, || {
+            let names: Vec<&str> = catalog.iter().map(|c| c.name.as_str()).collect();
+            (
+                json!({"agentId": agent_id, "sessionId": session_id, "query": query, "candidates": catalog}),
+                json!({"selected": names}),
+            )
+        })
+        .await
+        && let Some(selected) = output.get("selected").and_then(Value::as_array)
+    {
+        let chosen: Vec<&str> = selected.iter().filter_map(Value::as_str).collect();
+        catalog = chosen
+            .iter()
+            .filter_map(|name| catalog.iter().find(|c| c.name == *name).cloned())
+            .collect();
+    }
+    ctx.kernel.emit(
+        EventName::SkillDiscoveryAfter,
+        agent_id.as_deref(),
+        session_id.as_deref(),
+        json!({"agentId": agent_id, "sessionId": session_id, "catalog": catalog}),
+    );
+    Ok(Out::new(catalog))
+}
+
+async fn default_resolve(
+    ctx: Ctx,
+    params: DefaultResolveParams,
+) -> Result<Out<DefaultResolveResult>, SyscallError> {
+    let (agent_id, session_id) = owner_of(
+        &ctx,
+        params.agent_id.as_deref(),
+        params.session_id.as_deref(),
+    )
+    .await?;
+    if agent_id.is_none() && !ctx.caller.is_system() {
+        return Err(ctx
+            .caller
+            .deny("resolve the system layer alone (pass agentId or sessionId)"));
+    }
+    let system = ctx.kernel.system().await?;
+    let agent_rules = match &agent_id {
+        Some(id) => ctx.kernel.get_agent(id).await?.default_skills,
+        None => Vec::new(),
+    };
+    let session_rules = match &session_id {
+        Some(id) => ctx.kernel.get_session(id).await?.default_skills,
+        None => Vec::new(),
+    };
+    let owner = if session_id.is_some() {
+        OwnerType::Session
+    } else if agent_id.is_some() {
+        OwnerType::Agent
+    } else {
+        OwnerType::System
+    };
+    let resolved = resolve(&[&system.default_skills, &agent_rules, &session_rules]);
+    tracing::debug!(owner = owner.as_str(), "resolved default skills");
+    Ok(Out::new(DefaultResolveResult {
+        load: resolved.load,
+        start: resolved.start,
+    }))
+}

@@ -1,0 +1,26 @@
+//! Wire types shared by the kernel and every client: defined once, here.
+//!
+//! Nothing in this module does I/O. Field names are camelCase on the wire.
+
+mod envelope;
+pub mod ops;
+pub mod records;
+mod time;
+
+pub use envelope::{Envelope, ErrorBody, ErrorCode};
+pub use ops::*;
+pub use records::*;
+pub use time::Timestamp;
+
+/// Prefixes of the kernel's opaque ids, one per object type.
+pub mod id_prefix {
+    pub const AGENT: &str = "agt_";
+    pub const SESSION: &str = "ses_";
+    pub const MESSAGE: &str = "msg_";
+    pub const PART: &str = "prt_";
+    pub const DISPATCH: &str = "dsp_";
+    pub const CONTENT: &str = "cnt_";
+    pub const SERVICE: &str = "svc_";
+    pub const LOG: &str = "log_";
+    pub const TOKEN: &str = "tok_";
+}

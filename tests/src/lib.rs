@@ -1,0 +1,432 @@
+//! Test support for AOS end-to-end tests: kernels on temporary directories, reached
+//! only through their public surfaces (HTTP, the CLI binary).
+//!
+//! - [`TestKernel`] runs the kernel library in-process on its own thread and runtime;
+//!   dropping it shuts the kernel down and joins the thread.
+//! - [`SpawnedKernel`] runs the real `aos` binary as a child process; dropping it kills
+//!   and reaps the child.
+//!
+//! Readiness is always polled with a deadline, never a fixed sleep.
+
+// Test support: failing loudly with context is the point, so unwrap/expect are fine.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aos_kernel::KernelConfig;
+use aos_sdk::Client;
+use aos_sdk::protocol::{Envelope, ErrorBody, ErrorCode};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+/// Path of the repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// A temporary skill root holding a copy of the repository's `skills/`.
+pub fn copy_repo_skills(into: &Path) -> PathBuf {
+    let target = into.join("skills");
+    copy_dir(&repo_root().join("skills"), &target);
+    target
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        let dest = to.join(entry.file_name());
+        if path.is_dir() {
+            copy_dir(&path, &dest);
+        } else {
+            std::fs::copy(&path, &dest).unwrap();
+        }
+    }
+}
+
+/// Writes a text-only skill into `root`.
+pub fn write_skill(root: &Path, name: &str, description: &str, body: &str) {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("SKILL.md"),
+        format!("---\nname: {name}\ndescription: {description}\n---\n{body}\n"),
+    )
+    .unwrap();
+}
+
+/// A client with convenience checks around envelopes.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub client: Client,
+}
+
+impl Api {
+    pub fn new(url: &str, token: Option<String>) -> Self {
+        Self {
+            client: Client::new(url, token),
+        }
+    }
+
+    /// The raw envelope.
+    pub async fn call(&self, op: &str, params: Value) -> Envelope {
+        self.client.call(op, params).await.unwrap()
+    }
+
+    /// The data of a call that must succeed.
+    pub async fn ok(&self, op: &str, params: Value) -> Value {
+        let envelope = self.call(op, params.clone()).await;
+        assert!(
+            envelope.ok,
+            "`{op}` with {params} failed: {:?}",
+            envelope.error
+        );
+        envelope.data.unwrap()
+    }
+
+    /// The error of a call that must fail with `code`.
+    pub async fn err(&self, op: &str, params: Value, code: ErrorCode) -> ErrorBody {
+        let envelope = self.call(op, params.clone()).await;
+        let error = envelope
+            .error
+            .unwrap_or_else(|| panic!("`{op}` with {params} succeeded, expected {code}"));
+        assert_eq!(error.code, code, "`{op}` with {params}: {}", error.message);
+        error
+    }
+
+    /// Creates an agent and a session; returns their ids.
+    pub async fn agent_and_session(&self) -> (String, String) {
+        let agent = self
+            .ok("agent.create", serde_json::json!({"displayName": "t"}))
+            .await;
+        let agent_id = agent["agentId"].as_str().unwrap().to_owned();
+        let session = self
+            .ok("session.create", serde_json::json!({"agentId": agent_id}))
+            .await;
+        (agent_id, session["sessionId"].as_str().unwrap().to_owned())
+    }
+}
+
+/// How to set up a kernel for a test.
+pub struct Setup {
+    pub config: KernelConfig,
+    /// Keeps the temporary directory alive.
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// A kernel on a fresh temporary home with a copy of the repository's skills and
+    /// the repository's `aoscb.json`.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let skills = copy_repo_skills(dir.path());
+        let mut config = KernelConfig::new(dir.path().join("home"), skills);
+        config.port = 0;
+        config.system_file = Some(repo_root().join("aoscb.json"));
+        Self { config, dir }
+    }
+
+    pub fn skills(&self) -> PathBuf {
+        self.config.skill_root.clone()
+    }
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A kernel running in-process on its own thread and runtime.
+pub struct TestKernel {
+    pub url: String,
+    pub admin: Api,
+    pub admin_token: String,
+    pub home: PathBuf,
+    pub skills: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestKernel {
+    pub fn start() -> Self {
+        Self::start_with(Setup::new())
+    }
+
+    pub fn start_with(setup: Setup) -> Self {
+        let Setup { config, dir } = setup;
+        let home = config.home.clone();
+        let skills = config.skill_root.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("aos-test-kernel".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    match aos_kernel::start(config).await {
+                        Ok(running) => {
+                            ready_tx.send(Ok(running.addr())).unwrap();
+                            running
+                                .serve(async move {
+                                    let _ = stop_rx.await;
+                                })
+                                .await;
+                        }
+                        Err(error) => ready_tx.send(Err(error.to_string())).unwrap(),
+                    }
+                });
+            })
+            .unwrap();
+        let addr = ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("kernel did not start within 30 s")
+            .unwrap_or_else(|e| panic!("kernel failed to start: {e}"));
+        let url = format!("http://{addr}");
+        let admin_token = std::fs::read_to_string(home.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            admin: Api::new(&url, Some(admin_token.clone())),
+            url,
+            admin_token,
+            home,
+            skills,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            dir: Some(dir),
+        }
+    }
+
+    /// A client with another token (or none).
+    pub fn api(&self, token: Option<&str>) -> Api {
+        Api::new(&self.url, token.map(str::to_owned))
+    }
+
+    /// Stops the kernel (graceful shutdown) and returns its setup so it can be
+    /// started again on the same data.
+    pub fn stop(mut self) -> Setup {
+        self.shutdown();
+        let mut config = KernelConfig::new(self.home.clone(), self.skills.clone());
+        config.port = 0;
+        config.system_file = Some(repo_root().join("aoscb.json"));
+        Setup {
+            config,
+            dir: self.dir.take().unwrap(),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("kernel thread panicked");
+        }
+    }
+}
+
+impl Drop for TestKernel {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The real binary as a child process. Dropping it sends SIGKILL and reaps it.
+pub struct SpawnedKernel {
+    pub child: Child,
+    pub url: String,
+    pub admin: Api,
+    pub home: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// The `aos` binary under test: `aos-e2e`, which cargo builds next to this package's
+/// test executables (`target/<profile>/`), or `AOS_E2E_BIN` when set.
+pub fn aos_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("AOS_E2E_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let mut dir = exe.parent();
+    while let Some(candidate) = dir {
+        let bin = candidate.join("aos-e2e");
+        if bin.is_file() {
+            return bin;
+        }
+        dir = candidate.parent();
+    }
+    panic!(
+        "cannot find the aos-e2e binary near {}; run the tests through cargo (it builds it) or set AOS_E2E_BIN",
+        exe.display()
+    );
+}
+
+/// A `Command` for the `aos` binary with `AOS_*` variables of the test environment
+/// cleared, so nothing leaks in from the developer's shell.
+pub fn aos_command(cwd: &Path) -> Command {
+    // Tests spawn the binary under test; this is the one place they do.
+    #[allow(clippy::disallowed_methods)]
+    let mut command = Command::new(aos_bin());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("AOS_") {
+            command.env_remove(key);
+        }
+    }
+    command.current_dir(cwd);
+    command
+}
+
+impl SpawnedKernel {
+    /// Starts `aos up` in `dir` (home `dir/.aos`, skills `dir/skills`) on a free port.
+    pub fn start(dir: &Path) -> Self {
+        Self::start_with_args(dir, &[])
+    }
+
+    pub fn start_with_args(dir: &Path, extra: &[&str]) -> Self {
+        let home = dir.join(".aos");
+        let _ = std::fs::remove_file(home.join("api.url"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("kernel.log"))
+            .unwrap();
+        let child = aos_command(dir)
+            .args(["up", "--port", "0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn aos up");
+        let url = wait_for_url(&home, Duration::from_secs(30), dir);
+        let token = std::fs::read_to_string(home.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            admin: Api::new(&url, Some(token)),
+            url,
+            home,
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Resident and peak memory of the daemon in KiB (VmRSS, VmHWM).
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap()
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("kernel.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for SpawnedKernel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for the daemon to write its address and answer `/health`.
+fn wait_for_url(home: &Path, limit: Duration, dir: &Path) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(url) = std::fs::read_to_string(home.join("api.url")) {
+            let url = url.trim().to_owned();
+            if !url.is_empty() && health_ok(&url) {
+                return url;
+            }
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.join("kernel.log")).unwrap_or_default();
+            panic!("the daemon did not become ready within {limit:?}; its log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn health_ok(url: &str) -> bool {
+    let Some(host) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let Ok(mut stream) = std::net::TcpStream::connect(host) else {
+        return false;
+    };
+    use std::io::{Read, Write};
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(
+            format!("GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .is_err()
+    {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200")
+}
+
+/// Polls `check` until it returns `Some`, failing after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,399 @@
+//! The real `aos` binary: restarts, `kill -9`, signals, the home lock and the CLI.
+
+// Test code: an unwrap that fails is a test failure, reported with its location.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aos_tests::{Api, SpawnedKernel, aos_command, copy_repo_skills, repo_root};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+fn workdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_repo_skills(dir.path());
+    std::fs::copy(
+        repo_root().join("aoscb.json"),
+        dir.path().join("aoscb.json"),
+    )
+    .unwrap();
+    dir
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Everything a client can read, as one JSON value.
+async fn snapshot(api: &Api, content_ids: &[String]) -> Value {
+    let agents = api.ok("agent.list", json!({"limit": 1000})).await;
+    let sessions = api.ok("session.list", json!({"limit": 1000})).await;
+    let mut histories = BTreeMap::new();
+    let mut contents = BTreeMap::new();
+    for session in sessions["items"].as_array().unwrap() {
+        let id = session["sessionId"].as_str().unwrap().to_owned();
+        histories.insert(
+            id.clone(),
+            api.ok(
+                "session.history.list",
+                json!({"sessionId": id, "limit": 1000}),
+            )
+            .await,
+        );
+    }
+    for content_id in content_ids {
+        contents.insert(
+            content_id.clone(),
+            api.ok("content.read", json!({"contentId": content_id}))
+                .await,
+        );
+    }
+    json!({
+        "system": api.ok("system.get", json!({})).await,
+        "agents": agents,
+        "sessions": sessions,
+        "histories": histories,
+        "contents": contents,
+        "skills": api.ok("skill.list", json!({})).await,
+    })
+}
+
+#[test]
+fn a_restart_keeps_every_agent_session_message_and_blob_byte_for_byte() {
+    let dir = workdir();
+    let rt = runtime();
+    let mut content_ids = Vec::new();
+    let before = {
+        let kernel = SpawnedKernel::start(dir.path());
+        rt.block_on(async {
+            let api = &kernel.admin;
+            for a in 0..3 {
+                let agent = api.ok("agent.create", json!({"displayName": format!("agent {a}"), "metadata": {"n": a}})).await;
+                for s in 0..2 {
+                    let session = api
+                        .ok("session.create", json!({"agentId": agent["agentId"], "title": format!("s{s} ünïcødé 🚀")}))
+                        .await;
+                    let id = session["sessionId"].as_str().unwrap();
+                    for m in 0..5 {
+                        api.ok(
+                            "session.append",
+                            json!({"sessionId": id, "message": {"role": "assistant", "parts": [
+                                {"type": "text", "text": format!("message {m}\n\twith \"quotes\" and \\ backslashes")},
+                                {"type": "bash", "toolCallId": format!("call_{m}"), "state": "output-available", "command": "echo hi",
+                                 "output": {"visibleResult": "hi\n", "exitCode": 0}}
+                            ]}}),
+                        )
+                        .await;
+                    }
+                    let blob = format!("{}\nend without newline", "x".repeat(10_000));
+                    let content = api.ok("content.put", json!({"sessionId": id, "content": blob})).await;
+                    content_ids.push(content["contentId"].as_str().unwrap().to_owned());
+                }
+            }
+            let archived = api.ok("agent.create", json!({})).await;
+            api.ok("agent.archive", json!({"agentId": archived["agentId"]})).await;
+            snapshot(api, &content_ids).await
+        })
+    };
+    let kernel = SpawnedKernel::start(dir.path());
+    let after = rt.block_on(snapshot(&kernel.admin, &content_ids));
+    assert_eq!(before, after);
+}
+
+#[test]
+fn kill_9_during_a_burst_of_appends_loses_no_acknowledged_append() {
+    let dir = workdir();
+    let rt = runtime();
+    let mut kernel = SpawnedKernel::start(dir.path());
+    let session = rt.block_on(async { kernel.admin.agent_and_session().await.1 });
+    let acked: Arc<Mutex<Vec<(u64, String)>>> = Arc::new(Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let api = kernel.admin.clone();
+            let session = session.clone();
+            let acked = acked.clone();
+            rt.spawn(async move {
+                for i in 0.. {
+                    let text = format!("writer {w} message {i}");
+                    let params = json!({"sessionId": session, "message": {"role": "user", "parts": [{"type": "text", "text": text}]}});
+                    match api.client.call("session.append", params).await {
+                        Ok(envelope) if envelope.ok => {
+                            let seq = envelope.data.unwrap()["seq"].as_u64().unwrap();
+                            acked.lock().unwrap().push((seq, text));
+                        }
+                        // The kernel died: stop writing.
+                        _ => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    // Kill once a good number of appends were acknowledged, mid-burst.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 400 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the burst did not get going"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kernel.signal(Signal::SIGKILL);
+    kernel
+        .wait_exit(Duration::from_secs(10))
+        .expect("the kernel died");
+    rt.block_on(async {
+        for writer in writers {
+            writer.await.unwrap();
+        }
+    });
+    let acked = acked.lock().unwrap().clone();
+    drop(kernel);
+
+    let kernel = SpawnedKernel::start(dir.path());
+    rt.block_on(async {
+        let api = &kernel.admin;
+        let last_seq = api.ok("session.get", json!({"sessionId": session})).await["lastSeq"].as_u64().unwrap();
+        let mut stored = BTreeMap::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut params = json!({"sessionId": session, "limit": 1000});
+            if let Some(c) = &cursor {
+                params["cursor"] = json!(c);
+            }
+            let page = api.ok("session.history.list", params).await;
+            for message in page["items"].as_array().unwrap() {
+                let text = message["parts"][0]["text"].as_str().unwrap_or_default().to_owned();
+                stored.insert(message["seq"].as_u64().unwrap(), text);
+            }
+            match page["nextCursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(stored.keys().copied().collect::<Vec<_>>(), (1..=last_seq).collect::<Vec<_>>(), "no seq gaps");
+        for (seq, text) in &acked {
+            assert_eq!(stored.get(seq), Some(text), "acknowledged append at seq {seq} was lost");
+        }
+        // The session is still usable.
+        let next = api
+            .ok("session.append", json!({"sessionId": session, "message": {"role": "user", "parts": [{"type": "text", "text": "after"}]}}))
+            .await;
+        assert_eq!(next["seq"].as_u64().unwrap(), last_seq + 1);
+    });
+}
+
+#[test]
+fn sigterm_shuts_down_gracefully_and_keeps_the_last_log_rows() {
+    let dir = workdir();
+    let rt = runtime();
+    let mut kernel = SpawnedKernel::start(dir.path());
+    let agent_id = rt.block_on(async {
+        let agent = kernel
+            .admin
+            .ok("agent.create", json!({"displayName": "last"}))
+            .await;
+        agent["agentId"].as_str().unwrap().to_owned()
+    });
+    kernel.signal(Signal::SIGTERM);
+    let status = kernel
+        .wait_exit(Duration::from_secs(15))
+        .expect("the kernel stops within 15 s");
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        kernel.log()
+    );
+    assert!(
+        !kernel.home.join("api.url").exists(),
+        "the address file is removed on a clean stop"
+    );
+    assert!(kernel.log().contains("stopped"));
+    drop(kernel);
+    let kernel = SpawnedKernel::start(dir.path());
+    rt.block_on(async {
+        let rows = kernel
+            .admin
+            .ok("log.list", json!({"agentId": agent_id}))
+            .await;
+        assert_eq!(
+            rows[0]["op"], "agent.create",
+            "the row of the last command before SIGTERM was flushed"
+        );
+    });
+}
+
+#[test]
+fn a_second_daemon_on_the_same_home_is_refused() {
+    let dir = workdir();
+    let _first = SpawnedKernel::start(dir.path());
+    let output = aos_command(dir.path())
+        .args(["up", "--port", "0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("another AOS kernel is already using"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn refuses_a_non_loopback_bind_without_allow_remote() {
+    let dir = workdir();
+    let output = aos_command(dir.path())
+        .args(["up", "--port", "0", "--bind", "0.0.0.0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--allow-remote"));
+}
+
+fn aos(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let output = aos_command(dir).args(args).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn the_cli_prints_envelopes_with_meaningful_exit_codes() {
+    let dir = workdir();
+    // Nothing running yet: exit 3 and still a JSON envelope on stdout.
+    let (code, out, _) = aos(
+        dir.path(),
+        &["call", "agent.list", "--url", "http://127.0.0.1:9"],
+    );
+    assert_eq!(code, 3);
+    let envelope: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(envelope["ok"], false);
+    assert!(
+        envelope["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach")
+    );
+
+    let _kernel = SpawnedKernel::start(dir.path());
+    let (code, out, _) = aos(
+        dir.path(),
+        &[
+            "call",
+            "agent.create",
+            "--payload",
+            r#"{"displayName": "cli"}"#,
+        ],
+    );
+    assert_eq!(code, 0);
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["ok"], true);
+    assert_eq!(created["data"]["displayName"], "cli");
+    let (code, out, _) = aos(
+        dir.path(),
+        &["call", "agent.get", "--payload", r#"{"agentId": 1}"#],
+    );
+    assert_eq!(code, 1);
+    let failed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(failed["error"]["code"], "invalid.params");
+    let (code, out, _) = aos(dir.path(), &["call", "agent.list", "--payload", "[1]"]);
+    assert_eq!(code, 2);
+    assert!(out.contains("must be a JSON object"));
+    std::fs::write(dir.path().join("p.json"), r#"{"limit": 5}"#).unwrap();
+    let (code, _, _) = aos(dir.path(), &["call", "agent.list", "--payload", "@p.json"]);
+    assert_eq!(code, 0);
+    let (code, _, stderr) = aos(dir.path(), &["agent", "get", "agt_missing"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("not_found"), "{stderr}");
+    let (code, _, _) = aos(dir.path(), &["no-such-command"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn the_readme_tour_works() {
+    let dir = workdir();
+    let _kernel = SpawnedKernel::start(dir.path());
+    let (code, status, _) = aos(dir.path(), &["status"]);
+    assert_eq!(code, 0);
+    assert!(status.contains("skills: 1 indexed, 0 broken"), "{status}");
+    let (_, agent, _) = aos(dir.path(), &["agent", "create", "--name", "researcher"]);
+    let agent = agent.trim();
+    assert!(agent.starts_with("agt_"), "{agent}");
+    let (_, session, _) = aos(
+        dir.path(),
+        &["session", "create", agent, "--title", "first steps"],
+    );
+    let session = session.trim();
+    assert!(session.starts_with("ses_"));
+    let (code, appended, _) = aos(
+        dir.path(),
+        &[
+            "session",
+            "append",
+            session,
+            "remember: the build runs on Fridays",
+        ],
+    );
+    assert_eq!(code, 0, "{appended}");
+    assert!(appended.contains("at seq 4"));
+    let (_, history, _) = aos(dir.path(), &["session", "history", session]);
+    let lines: Vec<String> = history
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            "#1 user/aos [bootstrap begin] planned: aos".to_owned(),
+            format!(
+                "#2 user/aos [skill-load aos (default), {} chars]",
+                aos_skill_chars()
+            ),
+            "#3 user/aos [bootstrap done] loaded: aos".to_owned(),
+            "#4 user/human remember: the build runs on Fridays".to_owned(),
+        ]
+    );
+    let (_, found, _) = aos(
+        dir.path(),
+        &["session", "search", "--session", session, "fridays"],
+    );
+    assert!(found.starts_with("#4"), "{found}");
+    let (_, skills, _) = aos(dir.path(), &["skill", "list"]);
+    assert!(skills.lines().nth(1).unwrap().starts_with("aos"));
+    let (_, sessions, _) = aos(dir.path(), &["session", "list", "--agent", agent]);
+    assert!(sessions.contains("ready") && sessions.contains("first steps"));
+    let (_, log, _) = aos(dir.path(), &["log", "--limit", "100"]);
+    assert!(log.contains("session.append"));
+    let (_, version, _) = aos(dir.path(), &["version"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&version).unwrap()["name"],
+        "aos"
+    );
+}
+
+fn aos_skill_chars() -> usize {
+    let text = std::fs::read_to_string(repo_root().join("skills/aos/SKILL.md")).unwrap();
+    let body = text.splitn(3, "---\n").nth(2).unwrap();
+    body.trim().chars().count()
+}
+
+#[test]
+fn the_syscall_reference_matches_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, markdown, _) = aos(dir.path(), &["syscalls", "--markdown"]);
+    assert_eq!(code, 0);
+    let committed =
+        std::fs::read_to_string(repo_root().join("docs/syscalls.md")).unwrap_or_default();
+    assert!(
+        markdown == committed,
+        "docs/syscalls.md is out of date; regenerate it with `cargo run -p aos-kernel -- syscalls --markdown > docs/syscalls.md`"
+    );
+}
