@@ -19,6 +19,9 @@ use crate::store::Store;
 const BATCH: usize = 512;
 /// Rows queued before commands wait for the writer.
 const QUEUE: usize = 16_384;
+/// How long the writer waits for more rows before writing a batch, so a steady stream
+/// of commands costs one transaction per few milliseconds instead of one per command.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
 enum Item {
     Entry(Box<LogEntry>),
@@ -81,18 +84,26 @@ async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Item>) {
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     let mut closing = None;
     while let Some(first) = rx.recv().await {
+        let linger_until = tokio::time::Instant::now() + LINGER;
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
                 Item::Entry(entry) => batch.push(*entry),
-                Item::Flush(done) => waiters.push(done),
+                Item::Flush(done) => {
+                    // Someone is waiting: write now.
+                    waiters.push(done);
+                    break;
+                }
                 Item::Close(done) => {
                     closing = Some(done);
                     break;
                 }
             }
             if batch.len() < BATCH {
-                next = rx.try_recv().ok();
+                next = tokio::time::timeout_at(linger_until, rx.recv())
+                    .await
+                    .ok()
+                    .flatten();
             }
         }
         write_batch(&*store, &mut batch).await;

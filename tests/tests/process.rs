@@ -397,3 +397,68 @@ fn the_syscall_reference_matches_the_registry() {
         "docs/syscalls.md is out of date; regenerate it with `cargo run -p aos-kernel -- syscalls --markdown > docs/syscalls.md`"
     );
 }
+
+#[test]
+fn the_hook_reference_matches_the_catalogue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, markdown, _) = aos(dir.path(), &["hooks", "--markdown"]);
+    assert_eq!(code, 0);
+    let committed = std::fs::read_to_string(repo_root().join("docs/hooks.md")).unwrap_or_default();
+    assert!(
+        markdown == committed,
+        "docs/hooks.md is out of date; regenerate it with `cargo run -p aos-kernel -- hooks --markdown > docs/hooks.md`"
+    );
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = aos_command(dir.path())
+        .args(["syscalls", "--markdown"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first.trim(), "# Syscalls (AOSCP)");
+    // The reader is gone now, like `aos syscalls --markdown | head -1`.
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_second_signal_forces_exit_while_draining() {
+    use std::io::Write;
+    let dir = workdir();
+    let mut kernel = SpawnedKernel::start(dir.path());
+    // A request whose body never finishes keeps the graceful drain waiting.
+    let host = kernel.url.strip_prefix("http://").unwrap().to_owned();
+    let mut stalled = std::net::TcpStream::connect(&host).unwrap();
+    let token = std::fs::read_to_string(kernel.home.join("admin.token")).unwrap();
+    write!(
+        stalled,
+        "POST /aoscp HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{{\"op\"\r\n",
+        token.trim()
+    )
+    .unwrap();
+    stalled.flush().unwrap();
+    // Let the request reach its handler.
+    std::thread::sleep(Duration::from_millis(200));
+    kernel.signal(Signal::SIGTERM);
+    assert!(
+        kernel.wait_exit(Duration::from_millis(500)).is_none(),
+        "the drain waits for the in-flight request"
+    );
+    kernel.signal(Signal::SIGINT);
+    let status = kernel
+        .wait_exit(Duration::from_secs(5))
+        .expect("the second signal ends it at once");
+    assert_eq!(status.code(), Some(130), "log:\n{}", kernel.log());
+    assert!(kernel.log().contains("forced exit"));
+}

@@ -50,6 +50,8 @@ CREATE INDEX sessions_unsettled ON sessions (session_id)
 CREATE TABLE history (
     session_id  TEXT NOT NULL REFERENCES sessions (session_id),
     seq         INTEGER NOT NULL CHECK (seq >= 1),
+    -- The session's revision after this message was appended.
+    session_revision INTEGER NOT NULL,
     message_id  TEXT NOT NULL UNIQUE,
     role        TEXT NOT NULL,
     origin      TEXT NOT NULL,
@@ -58,6 +60,16 @@ CREATE TABLE history (
     parts       TEXT NOT NULL,
     PRIMARY KEY (session_id, seq)
 ) STRICT, WITHOUT ROWID;
+
+-- An append is one statement: `INSERT INTO history ... SELECT last_seq + 1, revision + 1
+-- FROM sessions ...`; this trigger advances the session in the same statement, so the
+-- seq stays gap-free without a multi-statement transaction.
+CREATE TRIGGER history_advances_session AFTER INSERT ON history
+BEGIN
+    UPDATE sessions
+       SET last_seq = NEW.seq, revision = NEW.session_revision, updated_at = NEW.created_at
+     WHERE session_id = NEW.session_id;
+END;
 
 CREATE TRIGGER history_is_append_only_update BEFORE UPDATE ON history
 BEGIN SELECT RAISE(ABORT, 'history is append-only: rows cannot be updated'); END;

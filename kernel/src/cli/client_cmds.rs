@@ -431,7 +431,7 @@ async fn agent(client: &Client, global: &Global, cmd: AgentCmd) -> ExitCode {
                 ("defaultSkills", default_skills),
             ]);
             run_op(client, global, "agent.create", p, |a: AgentCb| {
-                println!("{}", a.agent_id)
+                say!("{}", a.agent_id)
             })
             .await
         }
@@ -471,7 +471,7 @@ async fn agent(client: &Client, global: &Global, cmd: AgentCmd) -> ExitCode {
                 ("priority", priority.map(|p| json!(p))),
             ]);
             run_op(client, global, "agent.update", p, |a: AgentCb| {
-                println!("{} updated (revision {})", a.agent_id, a.revision)
+                say!("{} updated (revision {})", a.agent_id, a.revision)
             })
             .await
         }
@@ -481,7 +481,7 @@ async fn agent(client: &Client, global: &Global, cmd: AgentCmd) -> ExitCode {
                 global,
                 "agent.archive",
                 json!({"agentId": agent}),
-                |a: AgentCb| println!("{} archived", a.agent_id),
+                |a: AgentCb| say!("{} archived", a.agent_id),
             )
             .await
         }
@@ -496,7 +496,7 @@ async fn session(client: &Client, global: &Global, cmd: SessionCmd) -> ExitCode 
                 ("title", title.map(Value::String)),
             ]);
             run_op(client, global, "session.create", p, |s: SessionCb| {
-                println!("{}", s.session_id)
+                say!("{}", s.session_id)
             })
             .await
         }
@@ -570,14 +570,14 @@ async fn session(client: &Client, global: &Global, cmd: SessionCmd) -> ExitCode 
         } => {
             let p = json!({"sessionId": session, "message": {"role": role, "parts": [{"type": "text", "text": text}]}});
             run_op(client, global, "session.append", p, |a: Appended| {
-                println!("appended {} at seq {}", a.message_id, a.seq)
+                say!("appended {} at seq {}", a.message_id, a.seq)
             })
             .await
         }
         SessionCmd::Interrupt { session, reason } => {
             let p = json!({"sessionId": session, "reason": reason});
             run_op(client, global, "session.interrupt", p, |a: Appended| {
-                println!("interrupt recorded at seq {}", a.seq)
+                say!("interrupt recorded at seq {}", a.seq)
             })
             .await
         }
@@ -587,7 +587,7 @@ async fn session(client: &Client, global: &Global, cmd: SessionCmd) -> ExitCode 
                 global,
                 "session.archive",
                 json!({"sessionId": session}),
-                |s: SessionCb| println!("{} archived", s.session_id),
+                |s: SessionCb| say!("{} archived", s.session_id),
             )
             .await
         }
@@ -624,7 +624,7 @@ async fn skill(client: &Client, global: &Global, cmd: SkillCmd) -> ExitCode {
                 json!({"query": words.join(" ")}),
                 |items: Vec<CatalogItem>| {
                     for item in items {
-                        println!("{}\t{}", item.name, item.description);
+                        say!("{}\t{}", item.name, item.description);
                     }
                 },
             )
@@ -636,9 +636,7 @@ async fn skill(client: &Client, global: &Global, cmd: SkillCmd) -> ExitCode {
                 global,
                 "skill.load",
                 json!({"name": name, "sessionId": session}),
-                |l: SkillLoaded| {
-                    println!("loaded {} into {} at seq {}", l.name, l.session_id, l.seq)
-                },
+                |l: SkillLoaded| say!("loaded {} into {} at seq {}", l.name, l.session_id, l.seq),
             )
             .await
         }
@@ -649,9 +647,10 @@ async fn skill(client: &Client, global: &Global, cmd: SkillCmd) -> ExitCode {
                 "skill.index.refresh",
                 json!({}),
                 |r: Value| {
-                    println!(
+                    say!(
                         "{} skills indexed, {} broken",
-                        r["indexedCount"], r["errorCount"]
+                        r["indexedCount"],
+                        r["errorCount"]
                     )
                 },
             )
@@ -678,7 +677,7 @@ async fn content(client: &Client, global: &Global, cmd: ContentCmd) -> ExitCode 
             };
             let p = json!({"sessionId": session, "content": text});
             run_op(client, global, "content.put", p, |c: ContentInfo| {
-                println!("{}", c.content_id)
+                say!("{}", c.content_id)
             })
             .await
         }
@@ -693,7 +692,7 @@ async fn content(client: &Client, global: &Global, cmd: ContentCmd) -> ExitCode 
                 ("limit", limit.map(|v| json!(v))),
             ]);
             run_op(client, global, "content.read", p, |r: ContentReadResult| {
-                print!("{}", r.content)
+                say_raw!("{}", r.content)
             })
             .await
         }
@@ -710,7 +709,7 @@ async fn content(client: &Client, global: &Global, cmd: ContentCmd) -> ExitCode 
                 p,
                 |r: ContentSearchResult| {
                     for m in r.matches {
-                        println!("{}:{}", m.line_number, m.text);
+                        say!("{}:{}", m.line_number, m.text);
                     }
                 },
             )
@@ -757,7 +756,7 @@ async fn token(client: &Client, global: &Global, cmd: TokenCmd) -> ExitCode {
                 ("label", label.map(Value::String)),
             ]);
             run_op(client, global, "token.issue", p, |t: IssuedToken| {
-                println!("{}", t.token)
+                say!("{}", t.token)
             })
             .await
         }
@@ -777,7 +776,7 @@ async fn token(client: &Client, global: &Global, cmd: TokenCmd) -> ExitCode {
                 global,
                 "token.revoke",
                 json!({"tokenId": token}),
-                |_: Value| println!("revoked"),
+                |_: Value| say!("revoked"),
             )
             .await
         }
@@ -800,7 +799,14 @@ async fn events(client: &Client, args: EventsArgs) -> ExitCode {
     };
     while let Some(item) = stream.next().await {
         match item {
-            Ok(event) => println!("{}", serde_json::to_string(&event).unwrap_or_default()),
+            Ok(event) => {
+                use std::io::Write as _;
+                let line = serde_json::to_string(&event).unwrap_or_default();
+                if writeln!(std::io::stdout().lock(), "{line}").is_err() {
+                    // The reader went away (`aos events | head`): stop quietly.
+                    return ExitCode::SUCCESS;
+                }
+            }
             Err(error) => {
                 eprintln!("aos: {error}");
                 return ExitCode::from(1);

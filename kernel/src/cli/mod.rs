@@ -5,6 +5,22 @@
 //! Exit codes: 0 success, 1 the kernel refused (syscall error), 2 bad usage,
 //! 3 the kernel could not be reached.
 
+/// `println!` that ignores a closed stdout (`aos ... | head`) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod client_cmds;
 mod output;
 mod up;
@@ -76,6 +92,12 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// List the hook catalogue (from this binary; no daemon needed).
+    Hooks {
+        /// Print the Markdown reference (docs/hooks.md).
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Manage agents.
     #[command(subcommand)]
     Agent(client_cmds::AgentCmd),
@@ -116,8 +138,12 @@ pub fn main(shutdown: ShutdownSignal) -> ExitCode {
             output::syscalls(markdown, cli.global.json);
             ExitCode::SUCCESS
         }
+        Command::Hooks { markdown } => {
+            output::hooks(markdown);
+            ExitCode::SUCCESS
+        }
         Command::Version => {
-            println!(
+            say!(
                 "{}",
                 serde_json::json!({"name": "aos", "version": env!("CARGO_PKG_VERSION")})
             );
@@ -156,7 +182,9 @@ fn command_into(command: Command) -> client_cmds::ClientCommand {
         Command::Token(cmd) => C::Token(cmd),
         Command::Events(args) => C::Events(args),
         Command::Log(args) => C::Log(args),
-        Command::Up(_) | Command::Syscalls { .. } | Command::Version => C::Status,
+        Command::Up(_) | Command::Syscalls { .. } | Command::Hooks { .. } | Command::Version => {
+            C::Status
+        }
     }
 }
 

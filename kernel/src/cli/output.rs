@@ -15,13 +15,13 @@ pub fn print_json<T: Serialize>(value: &T, pretty: bool) {
     } else {
         serde_json::to_string(value)
     };
-    println!("{}", text.unwrap_or_default());
+    say!("{}", text.unwrap_or_default());
 }
 
 pub fn syscalls(as_markdown: bool, as_json: bool) {
     let registry = Registry::standard();
     if as_markdown {
-        print!("{}", markdown(&registry));
+        say_raw!("{}", markdown(&registry));
     } else if as_json {
         print_json(&registry.describe(), true);
     } else {
@@ -32,6 +32,30 @@ pub fn syscalls(as_markdown: bool, as_json: bool) {
             .collect();
         table(&["OP", "KIND", "ACCESS", "STATUS"], &rows);
     }
+}
+
+pub fn hooks(as_markdown: bool) {
+    use crate::hooks::HookRef;
+    if as_markdown {
+        say_raw!("{}", crate::hooks::markdown());
+        return;
+    }
+    let rows: Vec<Vec<String>> = HookRef::all()
+        .map(|h| {
+            let spec = h.spec();
+            vec![
+                spec.name.to_owned(),
+                spec.class.as_str().to_owned(),
+                spec.owners
+                    .iter()
+                    .map(|o| o.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                spec.when.to_owned(),
+            ]
+        })
+        .collect();
+    table(&["HOOK", "CLASS", "OWNERS", "WHEN"], &rows);
 }
 
 /// Prints rows under headers with aligned columns (the last column is not padded).
@@ -51,7 +75,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        say!("{}", out.trim_end());
     };
     line(headers.to_vec());
     for row in rows {
@@ -82,7 +106,7 @@ pub fn status(
     agents: Option<Page<AgentCb>>,
 ) {
     let up = health.uptime_seconds;
-    println!(
+    say!(
         "AOS kernel {} at {url}: up {}h{:02}m{:02}s, node {}",
         health.version,
         up / 3600,
@@ -91,7 +115,7 @@ pub fn status(
         health.node_id
     );
     if let Some(system) = system {
-        println!(
+        say!(
             "system `{}` (revision {}), skill root {}, default model {}",
             system.name,
             system.revision,
@@ -101,7 +125,7 @@ pub fn status(
     }
     if let Some(skills) = skills {
         let broken = skills.iter().filter(|s| s.error.is_some()).count();
-        println!("skills: {} indexed, {broken} broken", skills.len() - broken);
+        say!("skills: {} indexed, {broken} broken", skills.len() - broken);
     }
     if let Some(agents) = agents {
         let active = agents
@@ -109,7 +133,7 @@ pub fn status(
             .iter()
             .filter(|a| a.status == AgentStatus::Active)
             .count();
-        println!(
+        say!(
             "agents: {active} active, {} archived",
             agents.items.len() - active
         );
@@ -168,7 +192,7 @@ pub fn history(messages: &[Message]) {
     for message in messages {
         let who = format!("{}/{}", message.role.as_str(), message.origin);
         for part in &message.parts {
-            println!(
+            say!(
                 "#{:<4} {:<22} {}",
                 message.seq,
                 who,
@@ -239,10 +263,10 @@ fn part_summary(body: &PartBody) -> String {
 
 pub fn search_hits(result: &HistorySearchResult) {
     for hit in &result.hits {
-        println!("#{:<4} {}", hit.seq, hit.snippet);
+        say!("#{:<4} {}", hit.seq, hit.snippet);
     }
     if result.truncated {
-        println!("(more matches; narrow the query)");
+        say!("(more matches; narrow the query)");
     }
 }
 
@@ -277,14 +301,14 @@ pub fn skills(skills: &[SkillManifest]) {
 
 pub fn skill_detail(detail: &SkillDetail) {
     let m = &detail.manifest;
-    println!("name:        {}", m.name);
-    println!("description: {}", m.description);
-    println!("directory:   {}", m.dir);
+    say!("name:        {}", m.name);
+    say!("description: {}", m.description);
+    say!("directory:   {}", m.dir);
     if let Some(service) = &m.service {
-        println!("service:     {service}");
+        say!("service:     {service}");
     }
     if let Some(error) = &m.error {
-        println!(
+        say!(
             "error:       {}{} ({})",
             error.message,
             error
@@ -295,10 +319,10 @@ pub fn skill_detail(detail: &SkillDetail) {
         );
     }
     for warning in &m.warnings {
-        println!("warning:     {warning}");
+        say!("warning:     {warning}");
     }
     if !detail.text.is_empty() {
-        println!("\n{}", detail.text);
+        say!("\n{}", detail.text);
     }
 }
 

@@ -4,7 +4,7 @@
 mod catalog;
 mod engine;
 
-pub use catalog::{Admission, EventName, HookClass, HookRef, HookSpec, Transform};
+pub use catalog::{Admission, EventName, HookClass, HookRef, HookSpec, Transform, markdown};
 pub use engine::{
     DEFAULT_TIMEOUT, HookEngine, HookHandler, HookOwner, HookRejection, HookScope,
     INTERACTIVE_MAX_TIMEOUT, MAX_TIMEOUT, NewRegistration, RegisterError,

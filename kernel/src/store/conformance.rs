@@ -5,78 +5,15 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use aos_sdk::protocol::{
-    AgentCb, AgentStatus, ContentInfo, Dispatch, DispatchStatus, LogEntry, Origin, Part, PartBody,
-    Role, SessionCb, SessionPhase, SessionStatus, SkillDefaultRule, SystemCb, Timestamp, Toggle,
-    TokenInfo, TokenScope, Usage,
+    AgentCb, AgentStatus, ContentInfo, Dispatch, DispatchStatus, LogEntry, Origin, PartBody,
+    SessionPhase, SessionStatus, SkillDefaultRule, SystemCb, Timestamp, Toggle, TokenInfo,
+    TokenScope, Usage,
 };
 
-use super::{
-    ContentRecord, HistoryQuery, ListQuery, LogQuery, NewMessage, Store, StoreError, TokenRecord,
-};
+use super::{ContentRecord, HistoryQuery, ListQuery, LogQuery, Store, StoreError, TokenRecord};
 use crate::ids::new_id;
 
-pub fn agent(id: &str) -> AgentCb {
-    let now = Timestamp::now();
-    AgentCb {
-        agent_id: id.to_owned(),
-        display_name: format!("agent {id}"),
-        description: None,
-        status: AgentStatus::Active,
-        default_skills: vec![],
-        priority: 0,
-        model: None,
-        auto_fold_threshold: None,
-        budgets: None,
-        metadata: Default::default(),
-        usage: Usage::default(),
-        created_by: "human".into(),
-        revision: 1,
-        created_at: now,
-        updated_at: now,
-        archived_at: None,
-    }
-}
-
-pub fn session(id: &str, agent_id: &str) -> SessionCb {
-    let now = Timestamp::now();
-    SessionCb {
-        session_id: id.to_owned(),
-        agent_id: agent_id.to_owned(),
-        title: Some("t".into()),
-        status: SessionStatus::Ready,
-        phase: SessionPhase::Idle,
-        lease: None,
-        default_skills: vec![],
-        priority: None,
-        model: None,
-        auto_fold_threshold: None,
-        metadata: Default::default(),
-        last_seq: 0,
-        usage: Usage::default(),
-        created_by: "human".into(),
-        revision: 1,
-        created_at: now,
-        updated_at: now,
-        archived_at: None,
-    }
-}
-
-pub fn text_message(session_id: &str, text: &str) -> NewMessage {
-    NewMessage {
-        id: new_id("msg_"),
-        session_id: session_id.to_owned(),
-        role: Role::User,
-        origin: Origin::Human,
-        parts: vec![Part {
-            id: new_id("prt_"),
-            body: PartBody::Text {
-                text: text.to_owned(),
-            },
-        }],
-        dispatch_id: None,
-        created_at: Timestamp::now(),
-    }
-}
+pub use super::conformance_fixtures::{agent, session, text_message};
 
 async fn with_session(store: &dyn Store, agent_id: &str, session_id: &str) {
     store.insert_agent(&agent(agent_id)).await.unwrap();
@@ -105,6 +42,7 @@ where
     usage_adds_up_per_session_agent_and_system(fresh().await).await;
     tokens_are_found_by_hash_and_revoked(fresh().await).await;
     unsettled_sessions_are_listed_for_recovery(fresh().await).await;
+    reads_see_every_acknowledged_write_under_concurrency(fresh().await).await;
 }
 
 pub async fn system_block_uses_revisions(store: Arc<dyn Store>) {
@@ -266,7 +204,6 @@ pub async fn appends_number_messages_and_bump_revision(store: Arc<dyn Store>) {
             .unwrap();
         assert_eq!(outcome.seq, expected);
         assert_eq!(outcome.session_revision, 1 + expected);
-        assert_eq!(outcome.agent_id, "agt_a");
     }
     let s = store.get_session("ses_a").await.unwrap().unwrap();
     assert_eq!((s.last_seq, s.revision), (3, 4));
@@ -565,6 +502,7 @@ pub async fn usage_adds_up_per_session_agent_and_system(store: Arc<dyn Store>) {
     store.add_usage("ses_a2", &one).await.unwrap();
     let s = store.get_session("ses_a").await.unwrap().unwrap();
     assert_eq!(s.usage, one);
+    assert_eq!(s.revision, 2, "recording usage is a control-block write");
     let a = store.get_agent("agt_a").await.unwrap().unwrap();
     assert_eq!(a.usage.prompt_tokens, 200);
     assert_eq!(a.usage.total_tokens, 240);
@@ -634,4 +572,119 @@ pub async fn unsettled_sessions_are_listed_for_recovery(store: Arc<dyn Store>) {
         .map(|s| s.session_id)
         .collect();
     assert_eq!(ids, vec!["ses_boot".to_owned(), "ses_run".to_owned()]);
+}
+
+/// Writers of every kind and readers at once; every read after an acknowledged write
+/// reflects it, and in the end a read equals what a list (a fresh query) returns.
+pub async fn reads_see_every_acknowledged_write_under_concurrency(store: Arc<dyn Store>) {
+    with_session(&*store, "agt_a", "ses_a").await;
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40 {
+                let outcome = store
+                    .append_message(&text_message("ses_a", &format!("w{w} {i}")))
+                    .await
+                    .unwrap();
+                let seen = store.get_session("ses_a").await.unwrap().unwrap();
+                assert!(
+                    seen.last_seq >= outcome.seq,
+                    "read after append {} saw {}",
+                    outcome.seq,
+                    seen.last_seq
+                );
+                assert!(seen.revision >= outcome.session_revision);
+            }
+        }));
+    }
+    for u in 0..2 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                loop {
+                    let mut s = store.get_session("ses_a").await.unwrap().unwrap();
+                    let expected = s.revision;
+                    s.title = Some(format!("u{u} {i}"));
+                    s.revision = expected + 1;
+                    match store.save_session(&s, expected).await {
+                        Ok(()) => {
+                            let seen = store.get_session("ses_a").await.unwrap().unwrap();
+                            assert!(seen.revision > expected);
+                            assert!(seen.revision > s.revision || seen.title == s.title);
+                            break;
+                        }
+                        Err(StoreError::Conflict { .. }) => continue,
+                        Err(other) => panic!("{other}"),
+                    }
+                }
+            }
+        }));
+    }
+    {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..30 {
+                let usage = Usage {
+                    prompt_tokens: 1,
+                    completion_tokens: 1,
+                    total_tokens: 2,
+                    cost_usd: 0.0,
+                    turns: 1,
+                    dispatches: 0,
+                };
+                store.add_usage("ses_a", &usage).await.unwrap();
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut last = 0;
+            for _ in 0..200 {
+                let seen = store.get_session("ses_a").await.unwrap().unwrap();
+                assert!(
+                    seen.revision >= last,
+                    "revisions never go backwards for a reader"
+                );
+                last = seen.revision;
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let read = store.get_session("ses_a").await.unwrap().unwrap();
+    let listed = store
+        .list_sessions(
+            Some("agt_a"),
+            None,
+            &ListQuery {
+                after: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(read, listed);
+    assert_eq!(read.last_seq, 320);
+    assert_eq!(read.usage.turns, 30);
+    // 1 (insert) + 320 appends + 40 saves + 30 usage updates.
+    assert_eq!(read.revision, 1 + 320 + 40 + 30);
+    let agent = store.get_agent("agt_a").await.unwrap().unwrap();
+    let listed_agent = store
+        .list_agents(
+            None,
+            &ListQuery {
+                after: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(agent, listed_agent);
+    assert_eq!(agent.usage.prompt_tokens, 30);
 }

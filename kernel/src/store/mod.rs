@@ -8,6 +8,7 @@
 
 #[cfg(test)]
 pub mod conformance;
+pub mod conformance_fixtures;
 pub mod sqlite;
 
 use aos_sdk::protocol::{
@@ -72,7 +73,6 @@ pub struct AppendOutcome {
     pub seq: u64,
     /// The session's revision after the append.
     pub session_revision: u64,
-    pub agent_id: String,
 }
 
 /// A range of history to read.
@@ -160,8 +160,8 @@ pub trait Store: Send + Sync + 'static {
         status: Option<SessionStatus>,
         page: &ListQuery,
     ) -> StoreResult<Vec<SessionCb>>;
-    /// Saves `session` (revision `expected + 1`). `lastSeq` is owned by
-    /// [`Store::append_message`] and is not written here.
+    /// Saves `session` (revision `expected + 1`). `lastSeq` and usage are owned by
+    /// [`Store::append_message`] and [`Store::add_usage`] and are not written here.
     async fn save_session(&self, session: &SessionCb, expected: u64) -> StoreResult<()>;
     /// Sessions whose status is `initializing` or whose phase is not `idle`: the ones
     /// start-up recovery must look at.
@@ -210,7 +210,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Dispatch>>;
 
     // -- usage ---------------------------------------------------------------------------
-    /// Adds `usage` to the session's and its agent's totals atomically.
+    /// Adds `usage` to the session's and its agent's totals atomically; both revisions
+    /// grow by one.
     async fn add_usage(&self, session_id: &str, usage: &Usage) -> StoreResult<()>;
     /// Totals over every agent.
     async fn system_usage(&self) -> StoreResult<Usage>;

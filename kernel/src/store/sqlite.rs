@@ -10,8 +10,10 @@
 //! acknowledged; only a power cut can lose the last commits. `synchronous=FULL`
 //! (`AOS_SQLITE_SYNC=full`) closes that window at the cost of an fsync per commit.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aos_sdk::protocol::{
@@ -27,6 +29,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     AppendOutcome, ContentRecord, HistoryQuery, ListQuery, LogQuery, NewLogEntry, NewMessage,
@@ -51,6 +54,95 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     path: PathBuf,
+    cache: Arc<Mutex<BlockCache>>,
+    /// Appends go through one task that commits whatever is queued as one transaction.
+    appends: Mutex<Option<mpsc::Sender<AppendJob>>>,
+}
+
+/// One queued append and where its outcome goes.
+#[derive(Debug)]
+struct AppendJob {
+    message: NewMessage,
+    parts: String,
+    reply: oneshot::Sender<StoreResult<AppendOutcome>>,
+}
+
+/// Appends committed together at most.
+const APPEND_BATCH: usize = 256;
+
+/// Control blocks held in memory so hot reads skip the database.
+///
+/// Sound because this process is the only writer of the file (the kernel locks its
+/// home directory) and every write goes through this store. Rules, applied under one
+/// lock: a full write replaces a cached block only with a newer revision; a partial
+/// write (append, usage) patches a block only when it is exactly one revision behind,
+/// and drops it otherwise; a read fills the cache only when no write finished since the
+/// read began (`epoch`), so a slow reader can never put back an older block.
+#[derive(Debug, Default)]
+struct BlockCache {
+    epoch: u64,
+    sessions: HashMap<String, SessionCb>,
+    agents: HashMap<String, AgentCb>,
+}
+
+/// Blocks cached per kind before the cache starts over.
+const CACHE_MAX: usize = 50_000;
+
+impl BlockCache {
+    fn put_session(&mut self, session: &SessionCb) {
+        self.epoch += 1;
+        if self.sessions.len() >= CACHE_MAX {
+            self.sessions.clear();
+        }
+        match self.sessions.get(&session.session_id) {
+            Some(cached) if cached.revision >= session.revision => {}
+            _ => {
+                self.sessions
+                    .insert(session.session_id.clone(), session.clone());
+            }
+        }
+    }
+
+    fn patch_session(&mut self, id: &str, revision: u64, patch: impl FnOnce(&mut SessionCb)) {
+        self.epoch += 1;
+        match self.sessions.get_mut(id) {
+            Some(cached) if cached.revision + 1 == revision => {
+                patch(cached);
+                cached.revision = revision;
+            }
+            Some(_) => {
+                self.sessions.remove(id);
+            }
+            None => {}
+        }
+    }
+
+    fn put_agent(&mut self, agent: &AgentCb) {
+        self.epoch += 1;
+        if self.agents.len() >= CACHE_MAX {
+            self.agents.clear();
+        }
+        match self.agents.get(&agent.agent_id) {
+            Some(cached) if cached.revision >= agent.revision => {}
+            _ => {
+                self.agents.insert(agent.agent_id.clone(), agent.clone());
+            }
+        }
+    }
+
+    fn patch_agent(&mut self, id: &str, revision: u64, patch: impl FnOnce(&mut AgentCb)) {
+        self.epoch += 1;
+        match self.agents.get_mut(id) {
+            Some(cached) if cached.revision + 1 == revision => {
+                patch(cached);
+                cached.revision = revision;
+            }
+            Some(_) => {
+                self.agents.remove(id);
+            }
+            None => {}
+        }
+    }
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,11 +172,13 @@ impl SqliteStore {
                 message: e.to_string(),
             })?;
         MIGRATOR.run(&writer).await?;
+        // Each sqlx SQLite connection owns a worker thread; more readers than cores only
+        // adds context switches.
         let readers = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(2)
             .clamp(2, 8)
-            * 2;
+            * 4;
         let reader = SqlitePoolOptions::new()
             .max_connections(readers)
             .acquire_timeout(Duration::from_secs(30))
@@ -94,11 +188,21 @@ impl SqliteStore {
                 url,
                 message: e.to_string(),
             })?;
+        let cache = Arc::new(Mutex::new(BlockCache::default()));
+        let (appends, queue) = mpsc::channel(4096);
+        tokio::spawn(append_loop(writer.clone(), cache.clone(), queue));
         Ok(Self {
             writer,
             reader,
             path: path.to_owned(),
+            cache,
+            appends: Mutex::new(Some(appends)),
         })
+    }
+
+    // The cache lock is held only for map operations, never across an `.await`.
+    fn cache(&self) -> std::sync::MutexGuard<'_, BlockCache> {
+        lock_cache(&self.cache)
     }
 
     /// Path of the database file.
@@ -111,6 +215,151 @@ impl SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(classify(action))
+    }
+}
+
+fn lock_cache(cache: &Mutex<BlockCache>) -> std::sync::MutexGuard<'_, BlockCache> {
+    cache.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The group-commit loop: takes every queued append, runs them in one `BEGIN
+/// IMMEDIATE` transaction (a lone append runs as a single autocommit statement), and
+/// answers each caller only after the commit, so an acknowledged append is durable.
+async fn append_loop(
+    writer: SqlitePool,
+    cache: Arc<Mutex<BlockCache>>,
+    mut queue: mpsc::Receiver<AppendJob>,
+) {
+    let mut batch: Vec<AppendJob> = Vec::with_capacity(APPEND_BATCH);
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.len() < APPEND_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = if batch.len() == 1 {
+            let job = &batch[0];
+            vec![match writer.acquire().await {
+                Ok(mut connection) => {
+                    insert_message(&mut connection, &job.message, &job.parts).await
+                }
+                Err(e) => Err(classify("appending to history")(e)),
+            }]
+        } else {
+            run_batch(&writer, &batch).await
+        };
+        for (job, result) in batch.drain(..).zip(results) {
+            if let Ok(outcome) = &result {
+                lock_cache(&cache).patch_session(
+                    &job.message.session_id,
+                    outcome.session_revision,
+                    |s| {
+                        s.last_seq = outcome.seq;
+                        s.updated_at = job.message.created_at;
+                    },
+                );
+            }
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Runs several appends in one transaction. A statement that fails (an unknown or
+/// archived session, a duplicate id) fails alone; a failed commit fails them all.
+async fn run_batch(writer: &SqlitePool, batch: &[AppendJob]) -> Vec<StoreResult<AppendOutcome>> {
+    let mut tx = match writer.begin_with("BEGIN IMMEDIATE").await {
+        Ok(tx) => tx,
+        Err(e) => {
+            return batch
+                .iter()
+                .map(|_| Err(classify_owned("appending to history", &e)))
+                .collect();
+        }
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        results.push(insert_message(&mut tx, &job.message, &job.parts).await);
+    }
+    match tx.commit().await {
+        Ok(()) => results,
+        Err(e) => batch
+            .iter()
+            .map(|_| Err(classify_owned("appending to history", &e)))
+            .collect(),
+    }
+}
+
+/// The append statement: number the message from the session row and insert it; the
+/// `history_advances_session` trigger moves `last_seq` and `revision` on.
+async fn insert_message(
+    connection: &mut sqlx::SqliteConnection,
+    message: &NewMessage,
+    parts: &str,
+) -> StoreResult<AppendOutcome> {
+    let appended = sqlx::query(
+        "INSERT INTO history (session_id, seq, session_revision, message_id, role, origin,
+                              dispatch_id, created_at, parts)
+         SELECT session_id, last_seq + 1, revision + 1, ?2, ?3, ?4, ?5, ?6, ?7
+           FROM sessions WHERE session_id = ?1 AND status <> 'archived'
+         RETURNING seq, session_revision",
+    )
+    .bind(&message.session_id)
+    .bind(&message.id)
+    .bind(message.role.as_str())
+    .bind(message.origin.to_string())
+    .bind(message.dispatch_id.as_deref())
+    .bind(message.created_at.as_millis())
+    .bind(parts)
+    .fetch_optional(&mut *connection)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::Duplicate {
+                kind: "message",
+                id: message.id.clone(),
+            }
+        } else {
+            classify("appending to history")(e)
+        }
+    })?;
+    if let Some(row) = appended {
+        return Ok(AppendOutcome {
+            seq: u64_col(&row, "seq")?,
+            session_revision: u64_col(&row, "session_revision")?,
+        });
+    }
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM sessions WHERE session_id = ?1")
+            .bind(&message.session_id)
+            .fetch_optional(&mut *connection)
+            .await
+            .map_err(classify("appending to history"))?;
+    Err(match status {
+        Some(_) => StoreError::SessionArchived(message.session_id.clone()),
+        None => StoreError::NotFound {
+            kind: "session",
+            id: message.session_id.clone(),
+        },
+    })
+}
+
+/// [`classify`] for an error shared by several callers: the first gets the original
+/// kind, the rest a copy of its message.
+fn classify_owned(action: &'static str, error: &sqlx::Error) -> StoreError {
+    let unavailable = matches!(
+        error,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    ) || matches!(error, sqlx::Error::Database(db) if db.code().and_then(|c| c.parse::<i64>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6 | 8 | 10 | 13 | 14)));
+    let source = sqlx::Error::Protocol(error.to_string());
+    if unavailable {
+        StoreError::Unavailable { action, source }
+    } else {
+        StoreError::Database { action, source }
     }
 }
 
@@ -320,6 +569,11 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        // Ending the queue lets the append task finish what it holds and stop.
+        self.appends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         self.reader.close().await;
         // A passive checkpoint keeps the WAL short for the next start; failure is harmless.
         let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
@@ -415,18 +669,35 @@ impl Store for SqliteStore {
                 classify("creating an agent")(e)
             }
         })?;
+        let mut stored = agent.clone();
+        stored.usage = Usage::default();
+        self.cache().put_agent(&stored);
         Ok(())
     }
 
     async fn get_agent(&self, agent_id: &str) -> StoreResult<Option<AgentCb>> {
-        sqlx::query("SELECT * FROM agents WHERE agent_id = ?1")
+        let epoch = {
+            let cache = self.cache();
+            if let Some(agent) = cache.agents.get(agent_id) {
+                return Ok(Some(agent.clone()));
+            }
+            cache.epoch
+        };
+        let agent = sqlx::query("SELECT * FROM agents WHERE agent_id = ?1")
             .bind(agent_id)
             .fetch_optional(&self.reader)
             .await
             .map_err(classify("reading an agent"))?
             .as_ref()
             .map(agent_from_row)
-            .transpose()
+            .transpose()?;
+        if let Some(agent) = &agent {
+            let mut cache = self.cache();
+            if cache.epoch == epoch {
+                cache.agents.insert(agent.agent_id.clone(), agent.clone());
+            }
+        }
+        Ok(agent)
     }
 
     async fn list_agents(
@@ -464,6 +735,8 @@ impl Store for SqliteStore {
         .await
         .map_err(classify("saving an agent"))?;
         if done.rows_affected() == 0 {
+            // The cached block may be the stale one; let the next read go to the file.
+            self.cache().agents.remove(&agent.agent_id);
             return Err(match self.get_agent(&agent.agent_id).await? {
                 Some(_) => StoreError::Conflict {
                     kind: "agent",
@@ -476,6 +749,7 @@ impl Store for SqliteStore {
                 },
             });
         }
+        self.cache().put_agent(agent);
         Ok(())
     }
 
@@ -513,18 +787,39 @@ impl Store for SqliteStore {
             }
             _ => classify("creating a session")(e),
         })?;
+        // The counters start at zero in the table whatever the block says.
+        let mut stored = session.clone();
+        stored.last_seq = 0;
+        stored.usage = Usage::default();
+        self.cache().put_session(&stored);
         Ok(())
     }
 
     async fn get_session(&self, session_id: &str) -> StoreResult<Option<SessionCb>> {
-        sqlx::query("SELECT * FROM sessions WHERE session_id = ?1")
+        let epoch = {
+            let cache = self.cache();
+            if let Some(session) = cache.sessions.get(session_id) {
+                return Ok(Some(session.clone()));
+            }
+            cache.epoch
+        };
+        let session = sqlx::query("SELECT * FROM sessions WHERE session_id = ?1")
             .bind(session_id)
             .fetch_optional(&self.reader)
             .await
             .map_err(classify("reading a session"))?
             .as_ref()
             .map(session_from_row)
-            .transpose()
+            .transpose()?;
+        if let Some(session) = &session {
+            let mut cache = self.cache();
+            if cache.epoch == epoch {
+                cache
+                    .sessions
+                    .insert(session.session_id.clone(), session.clone());
+            }
+        }
+        Ok(session)
     }
 
     async fn list_sessions(
@@ -566,6 +861,7 @@ impl Store for SqliteStore {
         .await
         .map_err(classify("saving a session"))?;
         if done.rows_affected() == 0 {
+            self.cache().sessions.remove(&session.session_id);
             return Err(match self.get_session(&session.session_id).await? {
                 Some(_) => StoreError::Conflict {
                     kind: "session",
@@ -578,6 +874,9 @@ impl Store for SqliteStore {
                 },
             });
         }
+        // A successful compare-and-set proves no append or usage update came in between
+        // (both bump the revision), so the block's counters are current.
+        self.cache().put_session(session);
         Ok(())
     }
 
@@ -596,65 +895,27 @@ impl Store for SqliteStore {
 
     async fn append_message(&self, message: &NewMessage) -> StoreResult<AppendOutcome> {
         let parts = to_json("message parts", &message.parts)?;
-        let mut tx = self.begin("appending to history").await?;
-        let claimed = sqlx::query(
-            "UPDATE sessions SET last_seq = last_seq + 1, revision = revision + 1, updated_at = ?1
-             WHERE session_id = ?2 AND status <> 'archived'
-             RETURNING last_seq, revision, agent_id",
-        )
-        .bind(message.created_at.as_millis())
-        .bind(&message.session_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(classify("appending to history"))?;
-        let Some(claimed) = claimed else {
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM sessions WHERE session_id = ?1")
-                    .bind(&message.session_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(classify("appending to history"))?;
-            return Err(match status {
-                Some(_) => StoreError::SessionArchived(message.session_id.clone()),
-                None => StoreError::NotFound {
-                    kind: "session",
-                    id: message.session_id.clone(),
-                },
-            });
+        let queue = self
+            .appends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StoreError::Unavailable {
+                action: "appending to history",
+                source: sqlx::Error::PoolClosed,
+            })?;
+        let (reply, outcome) = oneshot::channel();
+        let job = AppendJob {
+            message: message.clone(),
+            parts,
+            reply,
         };
-        let outcome = AppendOutcome {
-            seq: u64_col(&claimed, "last_seq")?,
-            session_revision: u64_col(&claimed, "revision")?,
-            agent_id: col(&claimed, "agent_id")?,
+        let closed = || StoreError::Unavailable {
+            action: "appending to history",
+            source: sqlx::Error::PoolClosed,
         };
-        sqlx::query(
-            "INSERT INTO history (session_id, seq, message_id, role, origin, dispatch_id, created_at, parts)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .bind(&message.session_id)
-        .bind(outcome.seq as i64)
-        .bind(&message.id)
-        .bind(message.role.as_str())
-        .bind(message.origin.to_string())
-        .bind(message.dispatch_id.as_deref())
-        .bind(message.created_at.as_millis())
-        .bind(parts)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Duplicate {
-                    kind: "message",
-                    id: message.id.clone(),
-                }
-            } else {
-                classify("appending to history")(e)
-            }
-        })?;
-        tx.commit()
-            .await
-            .map_err(classify("appending to history"))?;
-        Ok(outcome)
+        queue.send(job).await.map_err(|_| closed())?;
+        outcome.await.map_err(|_| closed())?
     }
 
     async fn list_messages(
@@ -794,43 +1055,46 @@ impl Store for SqliteStore {
     // -- runtime log -----------------------------------------------------------------------
 
     async fn append_log(&self, entries: &[NewLogEntry]) -> StoreResult<()> {
-        if entries.is_empty() {
-            return Ok(());
+        // One multi-row INSERT per chunk: the writer connection is shared with appends,
+        // so a statement per row would double its work. 10 columns × 500 rows stays far
+        // below SQLite's limit of bound parameters.
+        for chunk in entries.chunks(500) {
+            let mut rows = Vec::with_capacity(chunk.len());
+            for entry in chunk {
+                let targets = entry
+                    .targets
+                    .as_ref()
+                    .map(|t| to_json("log targets", t))
+                    .transpose()?;
+                let data = entry
+                    .data
+                    .as_ref()
+                    .map(|d| to_json("log data", d))
+                    .transpose()?;
+                rows.push((entry, targets, data));
+            }
+            let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO runtime_log (log_id, ts, caller, op, agent_id, session_id, outcome, \
+                 duration_us, targets, data) ",
+            );
+            insert.push_values(rows, |mut row, (entry, targets, data)| {
+                row.push_bind(entry.id.clone())
+                    .push_bind(entry.ts.as_millis())
+                    .push_bind(entry.caller.clone())
+                    .push_bind(entry.op.clone())
+                    .push_bind(entry.agent_id.clone())
+                    .push_bind(entry.session_id.clone())
+                    .push_bind(entry.outcome.clone())
+                    .push_bind(entry.duration_us.min(i64::MAX as u64) as i64)
+                    .push_bind(targets)
+                    .push_bind(data);
+            });
+            insert
+                .build()
+                .execute(&self.writer)
+                .await
+                .map_err(classify("writing the runtime log"))?;
         }
-        let mut tx = self.begin("writing the runtime log").await?;
-        for entry in entries {
-            let targets = entry
-                .targets
-                .as_ref()
-                .map(|t| to_json("log targets", t))
-                .transpose()?;
-            let data = entry
-                .data
-                .as_ref()
-                .map(|d| to_json("log data", d))
-                .transpose()?;
-            sqlx::query(
-                "INSERT INTO runtime_log (log_id, ts, caller, op, agent_id, session_id, outcome,
-                                          duration_us, targets, data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )
-            .bind(&entry.id)
-            .bind(entry.ts.as_millis())
-            .bind(&entry.caller)
-            .bind(&entry.op)
-            .bind(entry.agent_id.as_deref())
-            .bind(entry.session_id.as_deref())
-            .bind(&entry.outcome)
-            .bind(entry.duration_us.min(i64::MAX as u64) as i64)
-            .bind(targets)
-            .bind(data)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify("writing the runtime log"))?;
-        }
-        tx.commit()
-            .await
-            .map_err(classify("writing the runtime log"))?;
         Ok(())
     }
 
@@ -942,12 +1206,14 @@ impl Store for SqliteStore {
 
     async fn add_usage(&self, session_id: &str, usage: &Usage) -> StoreResult<()> {
         let cost_micros = (usage.cost_usd * 1_000_000.0).round() as i64;
+        let now = Timestamp::now();
         let mut tx = self.begin("recording usage").await?;
-        let agent_id: Option<String> = sqlx::query_scalar(
+        let session = sqlx::query(
             "UPDATE sessions SET prompt_tokens = prompt_tokens + ?1,
                  completion_tokens = completion_tokens + ?2, cost_micros = cost_micros + ?3,
-                 turns = turns + ?4, dispatches = dispatches + ?5
-             WHERE session_id = ?6 RETURNING agent_id",
+                 turns = turns + ?4, dispatches = dispatches + ?5,
+                 revision = revision + 1, updated_at = ?7
+             WHERE session_id = ?6 RETURNING agent_id, revision",
         )
         .bind(usage.prompt_tokens as i64)
         .bind(usage.completion_tokens as i64)
@@ -955,31 +1221,54 @@ impl Store for SqliteStore {
         .bind(usage.turns as i64)
         .bind(usage.dispatches as i64)
         .bind(session_id)
+        .bind(now.as_millis())
         .fetch_optional(&mut *tx)
         .await
         .map_err(classify("recording usage"))?;
-        let Some(agent_id) = agent_id else {
+        let Some(session) = session else {
             return Err(StoreError::NotFound {
                 kind: "session",
                 id: session_id.to_owned(),
             });
         };
-        sqlx::query(
+        let agent_id: String = col(&session, "agent_id")?;
+        let session_revision = u64_col(&session, "revision")?;
+        let agent_revision: i64 = sqlx::query_scalar(
             "UPDATE agents SET prompt_tokens = prompt_tokens + ?1,
                  completion_tokens = completion_tokens + ?2, cost_micros = cost_micros + ?3,
-                 turns = turns + ?4, dispatches = dispatches + ?5
-             WHERE agent_id = ?6",
+                 turns = turns + ?4, dispatches = dispatches + ?5,
+                 revision = revision + 1, updated_at = ?7
+             WHERE agent_id = ?6 RETURNING revision",
         )
         .bind(usage.prompt_tokens as i64)
         .bind(usage.completion_tokens as i64)
         .bind(cost_micros)
         .bind(usage.turns as i64)
         .bind(usage.dispatches as i64)
-        .bind(agent_id)
-        .execute(&mut *tx)
+        .bind(&agent_id)
+        .bind(now.as_millis())
+        .fetch_one(&mut *tx)
         .await
         .map_err(classify("recording usage"))?;
         tx.commit().await.map_err(classify("recording usage"))?;
+        let add = |total: &mut Usage| {
+            total.prompt_tokens += usage.prompt_tokens;
+            total.completion_tokens += usage.completion_tokens;
+            total.total_tokens = total.prompt_tokens + total.completion_tokens;
+            total.cost_usd =
+                ((total.cost_usd * 1_000_000.0).round() + cost_micros as f64) / 1_000_000.0;
+            total.turns += usage.turns;
+            total.dispatches += usage.dispatches;
+        };
+        let mut cache = self.cache();
+        cache.patch_session(session_id, session_revision, |s| {
+            add(&mut s.usage);
+            s.updated_at = now;
+        });
+        cache.patch_agent(&agent_id, agent_revision.max(0) as u64, |a| {
+            add(&mut a.usage);
+            a.updated_at = now;
+        });
         Ok(())
     }
 

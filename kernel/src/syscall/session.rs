@@ -270,9 +270,9 @@ pub async fn append_message(
     };
     kernel.emit(
         EventName::ContextIngest,
-        Some(&outcome.agent_id),
+        Some(agent_id),
         Some(session_id),
-        ingest_payload(&outcome.agent_id, &stored),
+        ingest_payload(agent_id, &stored),
     );
     Ok((stored, outcome.session_revision))
 }

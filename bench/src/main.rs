@@ -1,0 +1,70 @@
+//! `aos-bench`: runs the benchmark scenarios and writes `bench/results/<date>.md` and
+//! `.json`. Every figure is reported beside a baseline measured in the same run on the
+//! same machine, with min/median/max over rounds. `--quick` checks that the harness
+//! works; its timings mean nothing.
+
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aos-bench",
+    about = "AOS benchmarks (ratios against same-run baselines)"
+)]
+struct Args {
+    /// Short runs that only prove the harness works.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds per scenario (default 5, quick 1).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Seconds per measurement (default 3, quick 0.3).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Only these scenarios (default: all).
+    #[arg(long = "scenario")]
+    scenarios: Vec<String>,
+    /// Where to write the report.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+}
+
+/// Settings every scenario shares.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub rounds: usize,
+    pub window: Duration,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let plan = Plan {
+        rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 5 }),
+        window: Duration::from_secs_f64(args.seconds.unwrap_or(if args.quick { 0.3 } else { 3.0 })),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let wanted = |name: &str| args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == name);
+    let mut sections = Vec::new();
+    if wanted("http-query") {
+        eprintln!("== http-query");
+        sections.push(runtime.block_on(scenarios::http_query(&plan))?);
+    }
+    if wanted("append") {
+        eprintln!("== append");
+        sections.push(runtime.block_on(scenarios::append(&plan))?);
+    }
+    let report = report::Report::new(args.quick, &plan, sections);
+    let (md, json) = report.write(&args.out)?;
+    println!("{}", report.markdown());
+    eprintln!("wrote {} and {}", md.display(), json.display());
+    Ok(())
+}
