@@ -66,6 +66,56 @@ where
     }
 }
 
+/// A pool for the raw-insert baseline on `path`: one connection, the store's settings,
+/// and a table of its own.
+async fn raw_pool(path: &std::path::Path) -> Result<Arc<sqlx::SqlitePool>> {
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(path)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10)),
+        )
+        .await
+        .context("opening the database for the raw baseline")?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS bench_raw (session_id TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL, \
+         PRIMARY KEY (session_id, seq)) WITHOUT ROWID",
+    )
+    .execute(&pool)
+    .await?;
+    Ok(Arc::new(pool))
+}
+
+/// `writers` closed loops of raw autocommitted inserts of `body`.
+async fn raw_inserts(
+    pool: &Arc<sqlx::SqlitePool>,
+    writers: usize,
+    window: Duration,
+    round: usize,
+    body: &str,
+) -> Load {
+    let pool = pool.clone();
+    let body = body.to_owned();
+    let offset = (round as u64) << 40;
+    closed_loop(writers, window, move |client, n| {
+        let pool = pool.clone();
+        let body = body.clone();
+        async move {
+            sqlx::query("INSERT INTO bench_raw (session_id, seq, body) VALUES (?1, ?2, ?3)")
+                .bind(format!("w{writers}-{client}"))
+                .bind((offset + n) as i64)
+                .bind(body)
+                .execute(&*pool)
+                .await
+                .is_ok()
+        }
+    })
+    .await
+}
+
 fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(256)
@@ -194,25 +244,7 @@ pub async fn append(plan: &Plan) -> Result<Section> {
         sessions.push(kernel.admin.agent_and_session().await.1);
     }
     let sessions = Arc::new(sessions);
-    let db = kernel.home.join("aos.db");
-    let raw = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(
-            SqliteConnectOptions::new()
-                .filename(&db)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(10)),
-        )
-        .await
-        .context("opening the kernel's database for the raw baseline")?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS bench_raw (session_id TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL, \
-         PRIMARY KEY (session_id, seq)) WITHOUT ROWID",
-    )
-    .execute(&raw)
-    .await?;
-    let raw = Arc::new(raw);
+    let raw = raw_pool(&kernel.home.join("aos.db")).await?;
     let text = "x".repeat(200);
     let http = http_client();
     let mut figures = Vec::new();
@@ -221,23 +253,7 @@ pub async fn append(plan: &Plan) -> Result<Section> {
         let (mut aos, mut base, mut ratio, mut p50, mut p99) =
             (vec![], vec![], vec![], vec![], vec![]);
         for round in 0..=plan.rounds {
-            let raw_pool = raw.clone();
-            let raw_text = text.clone();
-            let offset = (round as u64) << 40;
-            let baseline = closed_loop(writers, plan.window, move |client, n| {
-                let pool = raw_pool.clone();
-                let body = raw_text.clone();
-                async move {
-                    sqlx::query("INSERT INTO bench_raw (session_id, seq, body) VALUES (?1, ?2, ?3)")
-                        .bind(format!("w{writers}-{client}"))
-                        .bind((offset + n) as i64)
-                        .bind(body)
-                        .execute(&*pool)
-                        .await
-                        .is_ok()
-                }
-            })
-            .await;
+            let baseline = raw_inserts(&raw, writers, plan.window, round, &text).await;
             let url = format!("{}/aoscp", kernel.url);
             let token = kernel.admin_token.clone();
             let h = http.clone();
@@ -338,43 +354,13 @@ async fn store_append(plan: &Plan) -> Result<Vec<Figure>> {
             .insert_session(&fixtures::session(&format!("ses_{i}"), "agt_bench"))
             .await?;
     }
-    let raw = Arc::new(
-        SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(
-                SqliteConnectOptions::new()
-                    .filename(&path)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10)),
-            )
-            .await?,
-    );
-    sqlx::query("CREATE TABLE bench_raw (session_id TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (session_id, seq)) WITHOUT ROWID")
-        .execute(&*raw)
-        .await?;
+    let raw = raw_pool(&path).await?;
     let text = "x".repeat(200);
     let mut figures = Vec::new();
     for writers in [1usize, 64] {
         let (mut ratio, mut aos) = (vec![], vec![]);
         for round in 0..=plan.rounds {
-            let pool = raw.clone();
-            let body = text.clone();
-            let offset = (round as u64) << 40;
-            let baseline = closed_loop(writers, plan.window, move |client, n| {
-                let pool = pool.clone();
-                let body = body.clone();
-                async move {
-                    sqlx::query("INSERT INTO bench_raw (session_id, seq, body) VALUES (?1, ?2, ?3)")
-                        .bind(format!("w{writers}-{client}"))
-                        .bind((offset + n) as i64)
-                        .bind(body)
-                        .execute(&*pool)
-                        .await
-                        .is_ok()
-                }
-            })
-            .await;
+            let baseline = raw_inserts(&raw, writers, plan.window, round, &text).await;
             let s = store.clone();
             let body = text.clone();
             let measured = closed_loop(writers, plan.window, move |client, _| {

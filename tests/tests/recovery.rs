@@ -9,7 +9,7 @@ use aos_kernel::store::sqlite::{SqliteStore, SyncMode};
 use aos_kernel::store::{NewMessage, Store};
 use aos_sdk::protocol::{
     BootstrapPhase, Lease, Message, Origin, Part, PartBody, Role, SessionCb, SessionPhase,
-    SessionStatus, Timestamp, Usage,
+    SessionStatus, Timestamp,
 };
 use aos_tests::{TestKernel, write_skill};
 use serde_json::json;
@@ -21,26 +21,12 @@ fn session(
     phase: SessionPhase,
     lease: Option<Lease>,
 ) -> SessionCb {
-    let now = Timestamp::now();
     SessionCb {
-        session_id: id.into(),
-        agent_id: agent_id.into(),
-        title: None,
         status,
         phase,
         lease,
-        default_skills: vec![],
-        priority: None,
-        model: None,
-        auto_fold_threshold: None,
-        metadata: Default::default(),
-        last_seq: 0,
-        usage: Usage::default(),
-        created_by: "human".into(),
-        revision: 1,
-        created_at: now,
-        updated_at: now,
-        archived_at: None,
+        title: None,
+        ..aos_kernel::store::conformance_fixtures::session(id, agent_id)
     }
 }
 

@@ -81,67 +81,115 @@ const APPEND_BATCH: usize = 256;
 #[derive(Debug, Default)]
 struct BlockCache {
     epoch: u64,
-    sessions: HashMap<String, SessionCb>,
-    agents: HashMap<String, AgentCb>,
+    sessions: Blocks<SessionCb>,
+    agents: Blocks<AgentCb>,
 }
 
 /// Blocks cached per kind before the cache starts over.
 const CACHE_MAX: usize = 50_000;
 
+/// A control block the cache can order by revision.
+trait Revisioned: Clone {
+    fn key(&self) -> &str;
+    fn revision(&self) -> u64;
+    fn set_revision(&mut self, revision: u64);
+}
+
+impl Revisioned for SessionCb {
+    fn key(&self) -> &str {
+        &self.session_id
+    }
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+    fn set_revision(&mut self, revision: u64) {
+        self.revision = revision;
+    }
+}
+
+impl Revisioned for AgentCb {
+    fn key(&self) -> &str {
+        &self.agent_id
+    }
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+    fn set_revision(&mut self, revision: u64) {
+        self.revision = revision;
+    }
+}
+
+/// Cached blocks of one kind, by id.
+#[derive(Debug)]
+struct Blocks<T>(HashMap<String, T>);
+
+impl<T> Default for Blocks<T> {
+    fn default() -> Self {
+        Self(HashMap::new())
+    }
+}
+
+impl<T: Revisioned> Blocks<T> {
+    fn get(&self, id: &str) -> Option<&T> {
+        self.0.get(id)
+    }
+
+    fn remove(&mut self, id: &str) {
+        self.0.remove(id);
+    }
+
+    /// A read fills the cache (the caller checked no write finished meanwhile).
+    fn fill(&mut self, block: &T) {
+        self.0.insert(block.key().to_owned(), block.clone());
+    }
+
+    /// A full write: keep whichever block is newer.
+    fn put(&mut self, block: &T) {
+        if self.0.len() >= CACHE_MAX {
+            self.0.clear();
+        }
+        match self.0.get(block.key()) {
+            Some(cached) if cached.revision() >= block.revision() => {}
+            _ => {
+                self.0.insert(block.key().to_owned(), block.clone());
+            }
+        }
+    }
+
+    /// A partial write: apply it only on the exact predecessor, else forget the block.
+    fn patch(&mut self, id: &str, revision: u64, patch: impl FnOnce(&mut T)) {
+        match self.0.get_mut(id) {
+            Some(cached) if cached.revision() + 1 == revision => {
+                patch(cached);
+                cached.set_revision(revision);
+            }
+            Some(_) => {
+                self.0.remove(id);
+            }
+            None => {}
+        }
+    }
+}
+
 impl BlockCache {
     fn put_session(&mut self, session: &SessionCb) {
         self.epoch += 1;
-        if self.sessions.len() >= CACHE_MAX {
-            self.sessions.clear();
-        }
-        match self.sessions.get(&session.session_id) {
-            Some(cached) if cached.revision >= session.revision => {}
-            _ => {
-                self.sessions
-                    .insert(session.session_id.clone(), session.clone());
-            }
-        }
+        self.sessions.put(session);
     }
 
     fn patch_session(&mut self, id: &str, revision: u64, patch: impl FnOnce(&mut SessionCb)) {
         self.epoch += 1;
-        match self.sessions.get_mut(id) {
-            Some(cached) if cached.revision + 1 == revision => {
-                patch(cached);
-                cached.revision = revision;
-            }
-            Some(_) => {
-                self.sessions.remove(id);
-            }
-            None => {}
-        }
+        self.sessions.patch(id, revision, patch);
     }
 
     fn put_agent(&mut self, agent: &AgentCb) {
         self.epoch += 1;
-        if self.agents.len() >= CACHE_MAX {
-            self.agents.clear();
-        }
-        match self.agents.get(&agent.agent_id) {
-            Some(cached) if cached.revision >= agent.revision => {}
-            _ => {
-                self.agents.insert(agent.agent_id.clone(), agent.clone());
-            }
-        }
+        self.agents.put(agent);
     }
 
     fn patch_agent(&mut self, id: &str, revision: u64, patch: impl FnOnce(&mut AgentCb)) {
         self.epoch += 1;
-        match self.agents.get_mut(id) {
-            Some(cached) if cached.revision + 1 == revision => {
-                patch(cached);
-                cached.revision = revision;
-            }
-            Some(_) => {
-                self.agents.remove(id);
-            }
-            None => {}
-        }
+        self.agents.patch(id, revision, patch);
     }
 }
 
@@ -694,7 +742,7 @@ impl Store for SqliteStore {
         if let Some(agent) = &agent {
             let mut cache = self.cache();
             if cache.epoch == epoch {
-                cache.agents.insert(agent.agent_id.clone(), agent.clone());
+                cache.agents.fill(agent);
             }
         }
         Ok(agent)
@@ -814,9 +862,7 @@ impl Store for SqliteStore {
         if let Some(session) = &session {
             let mut cache = self.cache();
             if cache.epoch == epoch {
-                cache
-                    .sessions
-                    .insert(session.session_id.clone(), session.clone());
+                cache.sessions.fill(session);
             }
         }
         Ok(session)
