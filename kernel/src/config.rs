@@ -19,6 +19,8 @@ pub struct Limits {
     pub max_part_chars: usize,
     /// Events held for `Last-Event-ID` resumption.
     pub event_ring: usize,
+    /// Bytes of event JSON held for resumption at most.
+    pub event_ring_bytes: usize,
     /// Interval of SSE keepalive comments.
     pub keepalive: Duration,
     /// How long shutdown waits for in-flight requests.
@@ -31,6 +33,7 @@ impl Default for Limits {
             max_body_bytes: 8 * 1024 * 1024,
             max_part_chars: 1024 * 1024,
             event_ring: 8192,
+            event_ring_bytes: 32 * 1024 * 1024,
             keepalive: Duration::from_secs(15),
             drain_timeout: Duration::from_secs(10),
         }

@@ -5,6 +5,10 @@
 //! Event ids increase for the life of the data directory in practice: the first id of
 //! each boot is the boot time in microseconds, so ids from an earlier boot are always
 //! smaller and a stale `Last-Event-ID` resumes from the oldest event still held.
+//!
+//! Each event is serialized once, when published; subscribers send that text as is.
+//! The ring is bounded both by count and by bytes, so large payloads cannot make it
+//! hold more than its byte budget.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -17,11 +21,28 @@ use tokio::sync::broadcast;
 /// Live events a slow subscriber may fall behind by before it is told it lagged.
 const LIVE_BUFFER: usize = 1024;
 
+/// An event with its JSON text, serialized once when published.
+#[derive(Debug)]
+pub struct Published {
+    pub event: Event,
+    pub json: String,
+}
+
+impl std::ops::Deref for Published {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
 #[derive(Debug)]
 struct Ring {
     next_id: u64,
-    events: VecDeque<Arc<Event>>,
+    events: VecDeque<Arc<Published>>,
     capacity: usize,
+    bytes: usize,
+    max_bytes: usize,
 }
 
 /// Fan-out of runtime events. Cheap to share (`Arc`).
@@ -29,17 +50,17 @@ struct Ring {
 pub struct EventBus {
     // Locked only to append or to snapshot; never held across an `.await`.
     ring: Mutex<Ring>,
-    live: broadcast::Sender<Arc<Event>>,
+    live: broadcast::Sender<Arc<Published>>,
 }
 
 /// A new subscription: what was missed, and the live feed from there on.
 #[derive(Debug)]
 pub struct Subscription {
     /// Held events newer than the requested id, oldest first.
-    pub replay: Vec<Arc<Event>>,
+    pub replay: Vec<Arc<Published>>,
     /// Set when events after the requested id were already dropped from the ring.
     pub gap: Option<Gap>,
-    pub live: broadcast::Receiver<Arc<Event>>,
+    pub live: broadcast::Receiver<Arc<Published>>,
 }
 
 /// Events a resuming subscriber can no longer get.
@@ -50,8 +71,9 @@ pub struct Gap {
 }
 
 impl EventBus {
-    /// A bus holding the newest `ring_capacity` events for resumption.
-    pub fn new(ring_capacity: usize) -> Self {
+    /// A bus holding the newest `ring_capacity` events, and at most `ring_bytes` of
+    /// their JSON, for resumption.
+    pub fn new(ring_capacity: usize, ring_bytes: usize) -> Self {
         let boot_micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
@@ -62,6 +84,8 @@ impl EventBus {
                 next_id: boot_micros.max(1),
                 events: VecDeque::with_capacity(ring_capacity.min(4096)),
                 capacity: ring_capacity.max(1),
+                bytes: 0,
+                max_bytes: ring_bytes,
             }),
             live,
         }
@@ -74,28 +98,35 @@ impl EventBus {
         agent_id: Option<&str>,
         session_id: Option<&str>,
         payload: Value,
-    ) -> Arc<Event> {
+    ) -> Arc<Published> {
         let mut ring = self
             .ring
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let event = Arc::new(Event {
+        let event = Event {
             id: ring.next_id,
             name: name.to_owned(),
             ts: Timestamp::now(),
             agent_id: agent_id.map(str::to_owned),
             session_id: session_id.map(str::to_owned),
             payload,
-        });
+        };
+        let json = serde_json::to_string(&event).unwrap_or_else(|_| "{}".to_owned());
+        let published = Arc::new(Published { event, json });
         ring.next_id += 1;
-        if ring.events.len() == ring.capacity {
-            ring.events.pop_front();
+        ring.bytes += published.json.len();
+        ring.events.push_back(published.clone());
+        while ring.events.len() > ring.capacity
+            || (ring.bytes > ring.max_bytes && ring.events.len() > 1)
+        {
+            if let Some(dropped) = ring.events.pop_front() {
+                ring.bytes -= dropped.json.len();
+            }
         }
-        ring.events.push_back(event.clone());
         // Sending under the lock keeps the ring and the live feed in one order, so a
         // subscriber never sees an event twice or out of order at the seam.
-        let _ = self.live.send(event.clone());
-        event
+        let _ = self.live.send(published.clone());
+        published
     }
 
     /// Subscribes, replaying held events after `after` (all held events when `None`
@@ -182,7 +213,7 @@ mod tests {
 
     #[test]
     fn resume_replays_exactly_what_was_missed() {
-        let bus = EventBus::new(10);
+        let bus = EventBus::new(10, 1 << 20);
         let first = bus.emit("a.one", None, None, json!(1));
         let second = bus.emit("a.two", None, Some("ses_1"), json!(2));
         let sub = bus.subscribe(Some(first.id));
@@ -194,7 +225,7 @@ mod tests {
 
     #[test]
     fn a_resume_older_than_the_ring_reports_the_gap() {
-        let bus = EventBus::new(3);
+        let bus = EventBus::new(3, 1 << 20);
         let first = bus.emit("x", None, None, json!(0));
         for i in 1..10 {
             bus.emit("x", None, None, json!(i));
@@ -210,7 +241,7 @@ mod tests {
 
     #[tokio::test]
     async fn live_subscribers_get_events_in_order() {
-        let bus = EventBus::new(8);
+        let bus = EventBus::new(8, 1 << 20);
         let mut sub = bus.subscribe(None);
         let a = bus.emit("n", None, None, json!("a"));
         let b = bus.emit("n", None, None, json!("b"));
@@ -219,8 +250,21 @@ mod tests {
     }
 
     #[test]
+    fn the_ring_stays_within_its_byte_budget() {
+        let bus = EventBus::new(1000, 10_000);
+        for _ in 0..100 {
+            bus.emit("big", None, None, json!("x".repeat(1000)));
+        }
+        let held = bus.subscribe(Some(0)).replay;
+        let bytes: usize = held.iter().map(|e| e.json.len()).sum();
+        assert!(bytes <= 10_000, "{bytes} bytes held");
+        assert!(held.len() >= 5, "still holds the newest events");
+        assert_eq!(held.last().unwrap().id, bus.last_id());
+    }
+
+    #[test]
     fn filters_by_owner_and_name_pattern() {
-        let bus = EventBus::new(8);
+        let bus = EventBus::new(8, 1 << 20);
         let event = bus.emit("session.started", Some("agt_1"), Some("ses_1"), json!({}));
         let mut filter = EventFilter::default();
         assert!(filter.matches(&event));

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use aos_sdk::protocol::{
     AgentCb, DEFAULT_AUTO_FOLD_THRESHOLD, DEFAULT_COMPACTION_THRESHOLD, DEFAULT_MAX_TURNS,
-    Envelope, ErrorCode, Event, SessionCb, SystemCb, SystemUpdateParams, Timestamp,
+    Envelope, ErrorCode, SessionCb, SystemCb, SystemUpdateParams, Timestamp,
 };
 use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Value, json};
@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, Caller};
 use crate::config::KernelConfig;
-use crate::events::EventBus;
+use crate::events::{EventBus, Published};
 use crate::hooks::{EventName, HookEngine};
 use crate::ids::{new_id, new_token_secret};
 use crate::runtime_log::RuntimeLog;
@@ -112,7 +112,7 @@ impl Kernel {
         agent_id: Option<&str>,
         session_id: Option<&str>,
         payload: Value,
-    ) -> Arc<Event> {
+    ) -> Arc<Published> {
         self.events
             .emit(event.name(), agent_id, session_id, payload)
     }
@@ -371,7 +371,10 @@ pub async fn start(config: KernelConfig) -> Result<Running, StartError> {
     } else {
         tracing::warn!(root = %config.skill_root.display(), "the skill root does not exist; no skills are indexed until it does");
     }
-    let events = Arc::new(EventBus::new(config.limits.event_ring));
+    let events = Arc::new(EventBus::new(
+        config.limits.event_ring,
+        config.limits.event_ring_bytes,
+    ));
     let tasks = TaskTracker::new();
     let log = RuntimeLog::start(store.clone(), &tasks);
     let kernel = Arc::new(Kernel {

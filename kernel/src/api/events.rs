@@ -9,7 +9,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use aos_sdk::protocol::{ErrorCode, Event};
+use aos_sdk::protocol::ErrorCode;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::sync::broadcast;
 
 use super::{authenticate, error_response};
-use crate::events::EventFilter;
+use crate::events::{EventFilter, Published};
 use crate::kernel::Kernel;
 use crate::syscall::SyscallError;
 
@@ -33,12 +33,11 @@ pub(super) struct EventsQuery {
     last_event_id: Option<String>,
 }
 
-fn sse(event: &Event) -> SseEvent {
-    let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
+fn sse(published: &Published) -> SseEvent {
     SseEvent::default()
-        .id(event.id.to_string())
-        .event(event.name.clone())
-        .data(data)
+        .id(published.id.to_string())
+        .event(published.name.clone())
+        .data(published.json.clone())
 }
 
 /// A notice without an `id:` line, so it does not move the client's resume point.

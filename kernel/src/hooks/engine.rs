@@ -494,7 +494,7 @@ mod tests {
     impl Setup {
         fn new() -> Self {
             Self {
-                engine: HookEngine::new(Arc::new(EventBus::new(16))),
+                engine: HookEngine::new(Arc::new(EventBus::new(16, 1 << 20))),
                 log: Arc::new(Mutex::new(Vec::new())),
             }
         }

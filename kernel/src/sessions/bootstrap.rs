@@ -84,7 +84,21 @@ pub async fn create(
         })
         .await?;
     kernel.store.insert_session(&session).await?;
-    run(kernel, &session.session_id, Some(planned), "create").await
+    run(kernel, &session.session_id, Some(planned), "create")
+        .await
+        .map_err(|error| {
+            // The session exists now; say which, and what state it is left in.
+            let id = &session.session_id;
+            SyscallError {
+                message: format!(
+                    "session `{id}` was created but its bootstrap failed: {}; it stays `initializing` \
+                     (the next start retries the bootstrap, or archive it)",
+                    error.message
+                ),
+                details: Some(json!({"sessionId": id, "cause": error.details})),
+                ..error
+            }
+        })
 }
 
 /// The default skills a session would load now.
