@@ -5,6 +5,7 @@
 
 mod report;
 mod scenarios;
+mod services;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +34,19 @@ struct Args {
     /// Where to write the report.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+/// The bench binary also plays the processes it measures.
+#[derive(Debug, clap::Subcommand)]
+enum Role {
+    /// Run as the benchmark's Rust service (the kernel spawns this).
+    #[command(hide = true)]
+    ServeRust,
+    /// Run as the raw echo peer on a Unix socket.
+    #[command(hide = true)]
+    Echo { socket: PathBuf },
 }
 
 /// Settings every scenario shares.
@@ -44,6 +58,15 @@ pub struct Plan {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(role) = args.role {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return match role {
+            Role::ServeRust => runtime.block_on(services::serve_rust()),
+            Role::Echo { socket } => runtime.block_on(services::echo(&socket)),
+        };
+    }
     let plan = Plan {
         rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 5 }),
         window: Duration::from_secs_f64(args.seconds.unwrap_or(if args.quick { 0.3 } else { 3.0 })),
@@ -61,6 +84,18 @@ fn main() -> Result<()> {
     if wanted("append") {
         eprintln!("== append");
         sections.push(runtime.block_on(scenarios::append(&plan))?);
+    }
+    if wanted("hook-rtt") {
+        eprintln!("== hook-rtt");
+        sections.push(runtime.block_on(services::hooks(&plan))?);
+    }
+    if wanted("hot-reload") {
+        eprintln!("== hot-reload");
+        sections.push(runtime.block_on(services::hot_reload(&plan))?);
+    }
+    if wanted("service-syscalls") {
+        eprintln!("== service-syscalls");
+        sections.push(runtime.block_on(services::service_syscalls(&plan))?);
     }
     let report = report::Report::new(args.quick, &plan, sections);
     let (md, json) = report.write(&args.out)?;

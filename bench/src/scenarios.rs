@@ -13,15 +13,15 @@ use crate::Plan;
 use crate::report::{Figure, Section, percentile};
 
 /// Result of one closed-loop load run.
-struct Load {
-    per_second: f64,
-    latencies_us: Vec<u64>,
-    errors: u64,
+pub(crate) struct Load {
+    pub(crate) per_second: f64,
+    pub(crate) latencies_us: Vec<u64>,
+    pub(crate) errors: u64,
 }
 
 /// Runs `clients` closed loops of `request` for `window`; each loop sends its next
 /// request when the previous answer arrives.
-async fn closed_loop<F, Fut>(clients: usize, window: Duration, request: F) -> Load
+pub(crate) async fn closed_loop<F, Fut>(clients: usize, window: Duration, request: F) -> Load
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -116,7 +116,7 @@ async fn raw_inserts(
     .await
 }
 
-fn http_client() -> reqwest::Client {
+pub(crate) fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use aos_sdk::protocol::{ErrorCode, Origin, OwnerType, Timestamp, TokenScope};
+use aos_sdk::protocol::service::CallerInfo;
+use aos_sdk::protocol::{ErrorCode, Origin, OwnerType, ServiceOwnerInfo, Timestamp, TokenScope};
 use sha2::{Digest, Sha256};
 
 use crate::store::Store;
@@ -35,20 +36,83 @@ pub enum Scope {
         session_id: String,
     },
     /// A skill's service, with its owner's authority.
-    Service { skill: String, owner: ServiceOwner },
+    Service { skill: String, owner: Owner },
 }
 
-/// The level a service runs for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServiceOwner {
+/// The level a service runs for, and so where its hooks fire and what it may touch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// The whole kernel: hooks fire for every operation.
     System,
-    Agent {
-        agent_id: String,
-    },
+    /// One agent and its sessions.
+    Agent { agent_id: String },
+    /// One session.
     Session {
         agent_id: String,
         session_id: String,
     },
+}
+
+impl Owner {
+    pub fn owner_type(&self) -> OwnerType {
+        match self {
+            Owner::System => OwnerType::System,
+            Owner::Agent { .. } => OwnerType::Agent,
+            Owner::Session { .. } => OwnerType::Session,
+        }
+    }
+
+    /// The agent or session id; none for the system.
+    pub fn owner_id(&self) -> Option<&str> {
+        match self {
+            Owner::System => None,
+            Owner::Agent { agent_id } => Some(agent_id),
+            Owner::Session { session_id, .. } => Some(session_id),
+        }
+    }
+
+    pub fn agent_id(&self) -> Option<&str> {
+        match self {
+            Owner::System => None,
+            Owner::Agent { agent_id } | Owner::Session { agent_id, .. } => Some(agent_id),
+        }
+    }
+
+    pub fn session_id(&self) -> Option<&str> {
+        match self {
+            Owner::Session { session_id, .. } => Some(session_id),
+            _ => None,
+        }
+    }
+
+    /// True when an operation on this agent/session falls under this owner.
+    pub fn covers(&self, agent_id: Option<&str>, session_id: Option<&str>) -> bool {
+        match self {
+            Owner::System => true,
+            Owner::Agent { agent_id: own } => agent_id == Some(own.as_str()),
+            Owner::Session {
+                session_id: own, ..
+            } => session_id == Some(own.as_str()),
+        }
+    }
+
+    /// The wire description.
+    pub fn info(&self) -> ServiceOwnerInfo {
+        ServiceOwnerInfo {
+            owner_type: self.owner_type(),
+            owner_id: self.owner_id().map(str::to_owned),
+            agent_id: self.agent_id().map(str::to_owned),
+            session_id: self.session_id().map(str::to_owned),
+        }
+    }
+
+    /// `system`, `agent agt_…`, `session ses_…`, for messages.
+    pub fn describe(&self) -> String {
+        match self.owner_id() {
+            None => "system".to_owned(),
+            Some(id) => format!("{} {id}", self.owner_type().as_str()),
+        }
+    }
 }
 
 /// An authenticated caller.
@@ -103,7 +167,7 @@ impl Caller {
             Scope::Kernel
                 | Scope::Admin
                 | Scope::Service {
-                    owner: ServiceOwner::System,
+                    owner: Owner::System,
                     ..
                 }
         )
@@ -119,7 +183,7 @@ impl Caller {
             Scope::Agent { agent_id }
             | Scope::Session { agent_id, .. }
             | Scope::Service {
-                owner: ServiceOwner::Agent { agent_id } | ServiceOwner::Session { agent_id, .. },
+                owner: Owner::Agent { agent_id } | Owner::Session { agent_id, .. },
                 ..
             } => Some(agent_id),
             _ => None,
@@ -131,7 +195,7 @@ impl Caller {
         match &self.scope {
             Scope::Session { session_id, .. }
             | Scope::Service {
-                owner: ServiceOwner::Session { session_id, .. },
+                owner: Owner::Session { session_id, .. },
                 ..
             } => Some(session_id),
             _ => None,
@@ -153,6 +217,36 @@ impl Caller {
         self.can_read_agent(agent_id) && self.confined_session().is_none_or(|own| own == session_id)
     }
 
+    /// Who this caller is, as a service receives it with an operation call.
+    pub fn info(&self) -> CallerInfo {
+        let (kind, skill) = match &self.scope {
+            Scope::Kernel => ("kernel", None),
+            Scope::Admin => ("admin", None),
+            Scope::Agent { .. } => ("agent", None),
+            Scope::Session { .. } => ("session", None),
+            Scope::Service { skill, .. } => ("service", Some(skill.clone())),
+        };
+        CallerInfo {
+            identity: self.identity(),
+            kind: kind.to_owned(),
+            agent_id: self.confined_agent().map(str::to_owned),
+            session_id: self.confined_session().map(str::to_owned),
+            skill,
+            token_id: self.token_id.clone(),
+        }
+    }
+
+    /// The caller acting for a service of `skill` owned by `owner`.
+    pub fn service(skill: &str, owner: &Owner) -> Self {
+        Self {
+            scope: Scope::Service {
+                skill: skill.to_owned(),
+                owner: owner.clone(),
+            },
+            token_id: None,
+        }
+    }
+
     pub fn deny(&self, what: impl std::fmt::Display) -> SyscallError {
         SyscallError::new(
             ErrorCode::PermissionDenied,
@@ -167,11 +261,11 @@ impl Caller {
             Scope::Agent { agent_id } => format!("a token scoped to agent {agent_id}"),
             Scope::Session { session_id, .. } => format!("a token scoped to session {session_id}"),
             Scope::Service { skill, owner } => match owner {
-                ServiceOwner::System => format!("system service {skill}"),
-                ServiceOwner::Agent { agent_id } => {
+                Owner::System => format!("system service {skill}"),
+                Owner::Agent { agent_id } => {
                     format!("service {skill} (owned by agent {agent_id})")
                 }
-                ServiceOwner::Session { session_id, .. } => {
+                Owner::Session { session_id, .. } => {
                     format!("service {skill} (owned by session {session_id})")
                 }
             },
@@ -201,11 +295,11 @@ pub fn scope_from_token(scope: &TokenScope) -> Option<Scope> {
         } => Scope::Service {
             skill: skill.clone(),
             owner: match owner_type {
-                OwnerType::System => ServiceOwner::System,
-                OwnerType::Agent => ServiceOwner::Agent {
+                OwnerType::System => Owner::System,
+                OwnerType::Agent => Owner::Agent {
                     agent_id: owner_id.clone()?,
                 },
-                OwnerType::Session => ServiceOwner::Session {
+                OwnerType::Session => Owner::Session {
                     agent_id: agent_id.clone()?,
                     session_id: owner_id.clone()?,
                 },
@@ -232,6 +326,9 @@ pub struct Auth {
     admin_hash: [u8; 32],
     // Locked only around map operations, never across an `.await`.
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    // Tokens that live only as long as this process: the `AOS_SERVICE_TOKEN` of each
+    // spawned service. Never stored, so a restarted kernel does not honour them.
+    ephemeral: Mutex<HashMap<[u8; 32], Caller>>,
 }
 
 impl Auth {
@@ -239,7 +336,26 @@ impl Auth {
         Self {
             admin_hash: hash_secret(admin_secret),
             cache: Mutex::new(HashMap::new()),
+            ephemeral: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Issues a token for `caller` that is valid until [`Auth::revoke_ephemeral`] or
+    /// the end of this process.
+    pub fn issue_ephemeral(&self, caller: Caller) -> String {
+        let secret = crate::ids::new_token_secret();
+        self.ephemeral
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash_secret(&secret), caller);
+        secret
+    }
+
+    pub fn revoke_ephemeral(&self, secret: &str) {
+        self.ephemeral
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&hash_secret(secret));
     }
 
     /// Resolves the bearer token of a request.
@@ -259,6 +375,14 @@ impl Auth {
         // how much of the secret matches.
         if hash == self.admin_hash {
             return Ok(Caller::admin());
+        }
+        if let Some(caller) = self
+            .ephemeral
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hash)
+        {
+            return Ok(caller.clone());
         }
         let now = Timestamp::now();
         if let Some(hit) = self.cached(&hash) {
@@ -371,7 +495,7 @@ mod tests {
         let caller = Caller {
             scope: Scope::Service {
                 skill: "aos-context".into(),
-                owner: ServiceOwner::System,
+                owner: Owner::System,
             },
             token_id: None,
         };

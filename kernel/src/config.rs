@@ -62,6 +62,10 @@ pub struct KernelConfig {
     /// `AOS_DATABASE_URL`; default `sqlite:$AOS_HOME/aos.db`.
     pub database_url: Option<String>,
     pub sqlite_sync: SyncMode,
+    /// Directories searched first for services named by a bare program name, and put
+    /// first on services' `PATH` (so they find the `aos` CLI). Default: the directory
+    /// of the running executable.
+    pub service_bin_dirs: Vec<PathBuf>,
     pub limits: Limits,
 }
 
@@ -79,6 +83,11 @@ impl KernelConfig {
             system_file: None,
             database_url: None,
             sqlite_sync: SyncMode::Normal,
+            service_bin_dirs: std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(PathBuf::from))
+                .into_iter()
+                .collect(),
             limits: Limits::default(),
         }
     }

@@ -11,9 +11,10 @@
 //! hold more than its byte budget.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use aos_sdk::protocol::service::{EventParams, encode_notification};
 use aos_sdk::protocol::{Event, Timestamp};
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -26,6 +27,17 @@ const LIVE_BUFFER: usize = 1024;
 pub struct Published {
     pub event: Event,
     pub json: String,
+    // The `event` notification for services, encoded on first use and shared by every
+    // subscribed service.
+    service_frame: OnceLock<String>,
+}
+
+impl Published {
+    /// The event as a service protocol `event` notification.
+    pub fn service_frame(&self) -> &str {
+        self.service_frame
+            .get_or_init(|| encode_notification("event", &EventParams::from(&self.event)))
+    }
 }
 
 impl std::ops::Deref for Published {
@@ -112,7 +124,11 @@ impl EventBus {
             payload,
         };
         let json = serde_json::to_string(&event).unwrap_or_else(|_| "{}".to_owned());
-        let published = Arc::new(Published { event, json });
+        let published = Arc::new(Published {
+            event,
+            json,
+            service_frame: OnceLock::new(),
+        });
         ring.next_id += 1;
         ring.bytes += published.json.len();
         ring.events.push_back(published.clone());
@@ -196,15 +212,7 @@ impl EventFilter {
     }
 }
 
-/// True when `name` matches `pattern`: `*` matches all, `a.b.*` matches `a.b.` + anything,
-/// otherwise names must be equal.
-pub fn name_matches(pattern: &str, name: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some("") => true,
-        Some(prefix) => name.starts_with(prefix),
-        None => pattern == name,
-    }
-}
+pub use aos_sdk::protocol::name_matches;
 
 #[cfg(test)]
 mod tests {

@@ -29,8 +29,10 @@ use crate::events::{EventBus, Published};
 use crate::hooks::{EventName, HookEngine};
 use crate::ids::{new_id, new_token_secret};
 use crate::runtime_log::RuntimeLog;
+use crate::services::{ServicePaths, Services, reconcile};
 use crate::sessions::recovery;
 use crate::skills::SkillIndex;
+use crate::skills::watcher::{self, Watcher};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use crate::syscall::{Registry, SyscallError};
@@ -83,6 +85,8 @@ pub struct Kernel {
     pub registry: Registry,
     pub auth: Auth,
     pub log: RuntimeLog,
+    pub services: Services,
+    watcher: Mutex<Option<Watcher>>,
     pub started: Instant,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
@@ -243,14 +247,17 @@ impl Kernel {
         ))
     }
 
-    /// Rescans skillRoot off the async threads.
-    pub async fn refresh_skills(self: &Arc<Self>) -> Arc<crate::skills::Snapshot> {
+    /// Rescans skillRoot off the async threads. Callers that act on the changes go
+    /// through [`crate::skills::reload::reload`].
+    pub async fn refresh_skills(
+        self: &Arc<Self>,
+    ) -> (Arc<crate::skills::Snapshot>, crate::skills::Changes) {
         let kernel = self.clone();
         match tokio::task::spawn_blocking(move || kernel.skills.refresh()).await {
-            Ok(snapshot) => snapshot,
+            Ok(refreshed) => refreshed,
             Err(error) => {
                 tracing::error!(%error, "skill scan panicked; keeping the previous index");
-                self.skills.snapshot()
+                (self.skills.snapshot(), crate::skills::Changes::default())
             }
         }
     }
@@ -299,6 +306,14 @@ impl Running {
             signal_kernel.shutdown.cancel();
         };
         let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+        kernel.services.set_accepting(true);
+        *kernel.watcher.lock().unwrap_or_else(|p| p.into_inner()) = watcher::start(&kernel);
+        let starting = kernel.clone();
+        kernel.tasks.spawn(async move {
+            if let Err(error) = reconcile::everything(&starting).await {
+                tracing::error!(%error, "starting the default services failed");
+            }
+        });
         let drain_limit = kernel.config.limits.drain_timeout;
         let cancelled = kernel.shutdown.clone();
         tokio::select! {
@@ -315,6 +330,14 @@ impl Running {
             }
         }
         kernel.shutdown.cancel();
+        drop(
+            kernel
+                .watcher
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        kernel.services.shutdown_all().await;
         kernel.log.close().await;
         kernel.tasks.close();
         if tokio::time::timeout(drain_limit, kernel.tasks.wait())
@@ -377,11 +400,14 @@ pub async fn start(config: KernelConfig) -> Result<Running, StartError> {
     ));
     let tasks = TaskTracker::new();
     let log = RuntimeLog::start(store.clone(), &tasks);
+    let paths = prepare_service_dirs(&home, &config)?;
     let kernel = Arc::new(Kernel {
         hooks: HookEngine::new(events.clone()),
         skills: SkillIndex::new(config.skill_root.clone()),
         registry: Registry::standard(),
         auth: Auth::new(&admin_secret),
+        services: Services::new(paths),
+        watcher: Mutex::new(None),
         node_id,
         store,
         events,
@@ -392,7 +418,7 @@ pub async fn start(config: KernelConfig) -> Result<Running, StartError> {
         session_agents: Mutex::new(HashMap::new()),
         config,
     });
-    let snapshot = kernel.refresh_skills().await;
+    let (snapshot, _) = kernel.refresh_skills().await;
     tracing::info!(
         root = %kernel.config.skill_root.display(),
         skills = snapshot.usable_count(),
@@ -410,6 +436,7 @@ pub async fn start(config: KernelConfig) -> Result<Running, StartError> {
     let addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
+    kernel.services.set_api_url(format!("http://{addr}"));
     write_private(&home.join("api.url"), &format!("http://{addr}\n"), 0o644).map_err(|source| {
         StartError::Home {
             path: home.clone(),
@@ -438,6 +465,36 @@ fn prepare_home(home: &Path) -> Result<PathBuf, StartError> {
     fs::create_dir_all(home).map_err(err)?;
     fs::set_permissions(home, fs::Permissions::from_mode(0o700)).map_err(err)?;
     home.canonicalize().map_err(err)
+}
+
+/// The service run directory (emptied of sockets a previous run left), the data
+/// directory, and the bundled Python SDK.
+fn prepare_service_dirs(home: &Path, config: &KernelConfig) -> Result<ServicePaths, StartError> {
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| StartError::Home { path, source }
+    };
+    let run_dir = home.join("run");
+    let data_dir = home.join("data");
+    let python_path = home.join("python");
+    for dir in [&run_dir, &data_dir] {
+        fs::create_dir_all(dir).map_err(err(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(err(dir))?;
+    }
+    if let Ok(entries) = fs::read_dir(&run_dir) {
+        for entry in entries.filter_map(Result::ok) {
+            if entry.path().extension().is_some_and(|e| e == "sock") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+    crate::services::python::install(&python_path).map_err(err(&python_path))?;
+    Ok(ServicePaths {
+        run_dir,
+        data_dir,
+        bin_dirs: config.service_bin_dirs.clone(),
+        python_path,
+    })
 }
 
 fn lock_home(home: &Path) -> Result<Flock<fs::File>, StartError> {

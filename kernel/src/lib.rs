@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod ids;
 pub mod kernel;
 pub mod runtime_log;
+pub mod services;
 pub mod sessions;
 pub mod skills;
 pub mod store;

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aos_kernel::auth::Caller;
-use aos_kernel::hooks::{HookHandler, HookOwner, NewRegistration};
+use aos_kernel::auth::Owner;
+use aos_kernel::hooks::{HookHandler, NewRegistration};
 use aos_kernel::{Kernel, KernelConfig};
 use aos_sdk::protocol::{Envelope, ErrorCode};
 use async_trait::async_trait;
@@ -78,7 +79,7 @@ impl Fixture {
                 hook: hook.into(),
                 skill: skill.into(),
                 service_id: format!("svc_{skill}"),
-                owner: HookOwner::System,
+                owner: Owner::System,
                 priority: 0,
                 timeout: Duration::from_secs(1),
                 interactive: false,

@@ -151,6 +151,33 @@ impl Client {
         })
     }
 
+    /// `GET /aoscp`: every operation the kernel routes, its own and those services
+    /// registered.
+    pub async fn operations(&self) -> Result<Vec<crate::protocol::OpDescription>, ClientError> {
+        let url = format!("{}/aoscp", self.base_url);
+        let response = self
+            .authorized(self.http.get(&url))
+            .send()
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: url.clone(),
+                source,
+            })?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: url.clone(),
+                source,
+            })?;
+        serde_json::from_slice(&bytes).map_err(|_| ClientError::Http {
+            url,
+            status,
+            body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+        })
+    }
+
     /// `GET /health` (needs no token).
     pub async fn health(&self) -> Result<Health, ClientError> {
         let url = format!("{}/health", self.base_url);

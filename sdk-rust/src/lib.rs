@@ -9,6 +9,8 @@
 
 pub mod client;
 pub mod protocol;
+pub mod rpc;
+pub mod service;
 
 pub use client::{Client, ClientError};
 pub use protocol::{Envelope, ErrorBody, ErrorCode};

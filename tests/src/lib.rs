@@ -61,6 +61,28 @@ pub fn write_skill(root: &Path, name: &str, description: &str, body: &str) {
     .unwrap();
 }
 
+/// Writes a skill whose service is a Python script using the bundled SDK.
+pub fn write_python_skill(root: &Path, name: &str, script: &str) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("service.py"), script).unwrap();
+    std::fs::write(
+        dir.join("SKILL.md"),
+        format!("---\nname: {name}\ndescription: test service {name}\nservice: ./service.py\n---\n# {name}\n"),
+    )
+    .unwrap();
+    dir
+}
+
+/// The directory holding the workspace's binaries (`aos-e2e`, `aos-event-logger`, …):
+/// where `aos-e2e` is, else the running executable's own directory.
+pub fn bin_dir() -> PathBuf {
+    find_aos_bin()
+        .or_else(|| std::env::current_exe().ok())
+        .and_then(|p| p.parent().map(Path::to_owned))
+        .unwrap()
+}
+
 /// A client with convenience checks around envelopes.
 #[derive(Debug, Clone)]
 pub struct Api {
@@ -129,6 +151,7 @@ impl Setup {
         let mut config = KernelConfig::new(dir.path().join("home"), skills);
         config.port = 0;
         config.system_file = Some(repo_root().join("aoscb.json"));
+        config.service_bin_dirs = vec![bin_dir()];
         Self { config, dir }
     }
 
@@ -146,6 +169,8 @@ impl Default for Setup {
 /// A kernel running in-process on its own thread and runtime.
 pub struct TestKernel {
     pub url: String,
+    /// The kernel itself, for benchmarks that call into it (tests use the surfaces).
+    pub kernel: std::sync::Arc<aos_kernel::Kernel>,
     pub admin: Api,
     pub admin_token: String,
     pub home: PathBuf,
@@ -177,7 +202,9 @@ impl TestKernel {
                 runtime.block_on(async move {
                     match aos_kernel::start(config).await {
                         Ok(running) => {
-                            ready_tx.send(Ok(running.addr())).unwrap();
+                            ready_tx
+                                .send(Ok((running.addr(), running.kernel.clone())))
+                                .unwrap();
                             running
                                 .serve(async move {
                                     let _ = stop_rx.await;
@@ -189,7 +216,7 @@ impl TestKernel {
                 });
             })
             .unwrap();
-        let addr = ready_rx
+        let (addr, kernel) = ready_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("kernel did not start within 30 s")
             .unwrap_or_else(|e| panic!("kernel failed to start: {e}"));
@@ -200,6 +227,7 @@ impl TestKernel {
             .to_owned();
         Self {
             admin: Api::new(&url, Some(admin_token.clone())),
+            kernel,
             url,
             admin_token,
             home,
@@ -222,6 +250,7 @@ impl TestKernel {
         let mut config = KernelConfig::new(self.home.clone(), self.skills.clone());
         config.port = 0;
         config.system_file = Some(repo_root().join("aoscb.json"));
+        config.service_bin_dirs = vec![bin_dir()];
         Setup {
             config,
             dir: self.dir.take().unwrap(),
@@ -256,22 +285,28 @@ pub struct SpawnedKernel {
 /// The `aos` binary under test: `aos-e2e`, which cargo builds next to this package's
 /// test executables (`target/<profile>/`), or `AOS_E2E_BIN` when set.
 pub fn aos_bin() -> PathBuf {
+    find_aos_bin().unwrap_or_else(|| {
+        panic!(
+            "cannot find the aos-e2e binary near {:?}; run the tests through cargo (it builds it) or set AOS_E2E_BIN",
+            std::env::current_exe().ok()
+        )
+    })
+}
+
+fn find_aos_bin() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("AOS_E2E_BIN") {
-        return PathBuf::from(path);
+        return Some(PathBuf::from(path));
     }
-    let exe = std::env::current_exe().expect("path of the test executable");
+    let exe = std::env::current_exe().ok()?;
     let mut dir = exe.parent();
     while let Some(candidate) = dir {
         let bin = candidate.join("aos-e2e");
         if bin.is_file() {
-            return bin;
+            return Some(bin);
         }
         dir = candidate.parent();
     }
-    panic!(
-        "cannot find the aos-e2e binary near {}; run the tests through cargo (it builds it) or set AOS_E2E_BIN",
-        exe.display()
-    );
+    None
 }
 
 /// A `Command` for the `aos` binary with `AOS_*` variables of the test environment

@@ -323,7 +323,7 @@ fn the_readme_tour_works() {
     let _kernel = SpawnedKernel::start(dir.path());
     let (code, status, _) = aos(dir.path(), &["status"]);
     assert_eq!(code, 0);
-    assert!(status.contains("skills: 1 indexed, 0 broken"), "{status}");
+    assert!(status.contains("skills: 3 indexed, 0 broken"), "{status}");
     let (_, agent, _) = aos(dir.path(), &["agent", "create", "--name", "researcher"]);
     let agent = agent.trim();
     assert!(agent.starts_with("agt_"), "{agent}");
@@ -368,6 +368,37 @@ fn the_readme_tour_works() {
     assert!(found.starts_with("#4"), "{found}");
     let (_, skills, _) = aos(dir.path(), &["skill", "list"]);
     assert!(skills.lines().nth(1).unwrap().starts_with("aos"));
+    for skill in ["event-logger", "py-guard"] {
+        let (code, started, stderr) = aos(dir.path(), &["skill", "start", skill]);
+        assert_eq!(code, 0, "{started}{stderr}");
+        assert!(started.contains("state:      running"), "{started}");
+    }
+    let (_, services, _) = aos(dir.path(), &["service", "list"]);
+    assert_eq!(services.matches("running").count(), 2, "{services}");
+    let (code, checked, _) = aos(
+        dir.path(),
+        &[
+            "call",
+            "py-guard.check",
+            "--payload",
+            r#"{"command": "rm -rf /"}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{checked}");
+    let checked: Value = serde_json::from_str(&checked).unwrap();
+    assert_eq!(checked["data"]["allowed"], false);
+    let (code, recent, _) = aos(
+        dir.path(),
+        &[
+            "call",
+            "event-logger.recent",
+            "--payload",
+            r#"{"limit": 3}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{recent}");
+    let (_, syscalls, _) = aos(dir.path(), &["syscalls"]);
+    assert!(syscalls.contains("py-guard.check"), "{syscalls}");
     let (_, sessions, _) = aos(dir.path(), &["session", "list", "--agent", agent]);
     assert!(sessions.contains("ready") && sessions.contains("first steps"));
     let (_, log, _) = aos(dir.path(), &["log", "--limit", "100"]);
@@ -461,4 +492,97 @@ fn a_second_signal_forces_exit_while_draining() {
         .expect("the second signal ends it at once");
     assert_eq!(status.code(), Some(130), "log:\n{}", kernel.log());
     assert!(kernel.log().contains("forced exit"));
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+        })
+        .is_some_and(|state| state != 'Z')
+}
+
+fn running_services(rt: &tokio::runtime::Runtime, api: &Api, want: usize) -> Vec<(String, u64)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = rt.block_on(api.ok("service.list", json!({"state": "running"})));
+        let running: Vec<(String, u64)> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["skill"].as_str().unwrap().to_owned(),
+                    s["pid"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        if running.len() >= want {
+            return running;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {running:?} running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn default_services_start_with_the_daemon_and_never_outlive_it() {
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("aoscb.json"),
+        serde_json::to_string(&json!({
+            "defaultSkills": [
+                {"name": "aos", "load": "enable", "pinned": true},
+                {"name": "py-guard", "start": "enable"},
+                {"name": "event-logger", "start": "enable"},
+            ]
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let rt = runtime();
+    let mut kernel = SpawnedKernel::start(dir.path());
+    let first = running_services(&rt, &kernel.admin, 2);
+    let skills: Vec<&str> = first.iter().map(|(s, _)| s.as_str()).collect();
+    assert!(
+        skills.contains(&"py-guard") && skills.contains(&"event-logger"),
+        "{first:?}"
+    );
+    kernel.signal(Signal::SIGKILL);
+    kernel
+        .wait_exit(Duration::from_secs(10))
+        .expect("the kernel died");
+    // With the kernel gone, its services see their socket close and exit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while first.iter().any(|(_, pid)| alive(*pid)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "services outlived the killed kernel: {first:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(kernel);
+
+    // A new daemon starts them again; a graceful stop stops them.
+    let mut kernel = SpawnedKernel::start(dir.path());
+    let second = running_services(&rt, &kernel.admin, 2);
+    assert!(
+        second
+            .iter()
+            .all(|(_, pid)| !first.iter().any(|(_, old)| old == pid))
+    );
+    kernel.signal(Signal::SIGTERM);
+    let status = kernel
+        .wait_exit(Duration::from_secs(20))
+        .expect("graceful stop");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        second.iter().all(|(_, pid)| !alive(*pid)),
+        "a graceful stop left services running: {second:?}"
+    );
 }

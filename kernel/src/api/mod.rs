@@ -1,5 +1,6 @@
 //! The HTTP API: `POST /aoscp` (every syscall), `GET /aoscp` (the operation list),
-//! `GET /events` (runtime events as SSE) and `GET /health`.
+//! `GET /events` (runtime events as SSE), `GET /services` (the service protocol over
+//! WebSocket) and `GET /health`.
 //!
 //! Request bodies are read through a hard size limit: a declared `Content-Length`
 //! over it is refused before a byte is read, and a chunked body is cut off as soon as
@@ -30,6 +31,7 @@ pub fn router(kernel: Arc<Kernel>) -> Router {
         .route("/health", get(health))
         .route("/aoscp", post(aoscp).get(list_ops))
         .route("/events", get(events::stream))
+        .route("/services", get(crate::services::websocket::upgrade))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(kernel)
@@ -97,7 +99,9 @@ async fn list_ops(State(kernel): State<Arc<Kernel>>, headers: HeaderMap) -> Resp
     if let Err(error) = authenticate(&kernel, &headers).await {
         return error_response("", error);
     }
-    json_response(StatusCode::OK, &kernel.registry.describe())
+    let mut ops = kernel.registry.describe();
+    ops.extend(kernel.services.ops.describe());
+    json_response(StatusCode::OK, &ops)
 }
 
 async fn aoscp(State(kernel): State<Arc<Kernel>>, request: Request) -> Response {
@@ -191,7 +195,7 @@ async fn read_body(request: Request, limit: usize) -> Result<Bytes, SyscallError
 
 async fn unknown_route(request: Request) -> Response {
     let message = format!(
-        "no route {} {}; the API is POST /aoscp, GET /aoscp, GET /events and GET /health",
+        "no route {} {}; the API is POST /aoscp, GET /aoscp, GET /events, GET /services (WebSocket) and GET /health",
         request.method(),
         request.uri().path()
     );

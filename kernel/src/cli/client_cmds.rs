@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use aos_sdk::client::EventFilter;
 use aos_sdk::protocol::{
     AgentCb, Appended, CatalogItem, ContentInfo, ContentReadResult, ContentSearchResult, Envelope,
-    Health, HistorySearchResult, IssuedToken, LogEntry, Message, Page, SessionCb, SkillDetail,
-    SkillLoaded, SkillManifest, SystemCb, TokenInfo,
+    Health, HistorySearchResult, IssuedToken, LogEntry, Message, Page, ServiceInfo, SessionCb,
+    SkillDetail, SkillLoaded, SkillManifest, SystemCb, TokenInfo,
 };
 use aos_sdk::{Client, ClientError};
 use clap::{Args, Subcommand};
@@ -24,6 +24,7 @@ pub(super) enum ClientCommand {
     Agent(AgentCmd),
     Session(SessionCmd),
     Skill(SkillCmd),
+    Service(ServiceCmd),
     Content(ContentCmd),
     Token(TokenCmd),
     Events(EventsArgs),
@@ -145,6 +146,38 @@ pub enum SkillCmd {
     },
     /// Rescan the skill root.
     Refresh,
+    /// Start a skill's service (system-owned unless --agent or --session is given).
+    Start {
+        name: String,
+        /// Run it for this agent.
+        #[arg(long, conflicts_with = "session")]
+        agent: Option<String>,
+        /// Run it for this session.
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// Stop a service by id (`aos service list` shows them).
+    Stop { service: String },
+    /// Check a skill directory strictly against the Agent Skills standard (no daemon
+    /// needed): exit code 1 on any error or warning.
+    Lint {
+        /// The skill directory (holding SKILL.md).
+        dir: std::path::PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    /// List services with their state.
+    List {
+        #[arg(long)]
+        skill: Option<String>,
+        /// starting, running, restarting, stopping, stopped or failed.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Show one service: state, pid, restarts, last error, registrations.
+    Get { service: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -355,6 +388,7 @@ pub(super) async fn run(client: &Client, global: &Global, command: ClientCommand
         ClientCommand::Agent(cmd) => agent(client, global, cmd).await,
         ClientCommand::Session(cmd) => session(client, global, cmd).await,
         ClientCommand::Skill(cmd) => skill(client, global, cmd).await,
+        ClientCommand::Service(cmd) => service(client, global, cmd).await,
         ClientCommand::Content(cmd) => content(client, global, cmd).await,
         ClientCommand::Token(cmd) => token(client, global, cmd).await,
         ClientCommand::Events(args) => events(client, args).await,
@@ -653,6 +687,63 @@ async fn skill(client: &Client, global: &Global, cmd: SkillCmd) -> ExitCode {
                         r["errorCount"]
                     )
                 },
+            )
+            .await
+        }
+        SkillCmd::Start {
+            name,
+            agent,
+            session,
+        } => {
+            let p = match (agent, session) {
+                (Some(agent), _) => json!({"name": name, "ownerType": "agent", "ownerId": agent}),
+                (_, Some(session)) => {
+                    json!({"name": name, "ownerType": "session", "ownerId": session})
+                }
+                (None, None) => json!({"name": name}),
+            };
+            run_op(client, global, "skill.start", p, |s: ServiceInfo| {
+                output::service(&s)
+            })
+            .await
+        }
+        SkillCmd::Stop { service } => {
+            run_op(
+                client,
+                global,
+                "skill.stop",
+                json!({"serviceId": service}),
+                |s: ServiceInfo| say!("{} {}", s.service_id, s.state.as_str()),
+            )
+            .await
+        }
+        SkillCmd::Lint { dir } => output::lint(&dir),
+    }
+}
+
+async fn service(client: &Client, global: &Global, cmd: ServiceCmd) -> ExitCode {
+    match cmd {
+        ServiceCmd::List { skill, state } => {
+            let p = params(&[
+                ("skill", skill.map(Value::String)),
+                ("state", state.map(Value::String)),
+            ]);
+            run_op(
+                client,
+                global,
+                "service.list",
+                p,
+                |list: Vec<ServiceInfo>| output::services(&list),
+            )
+            .await
+        }
+        ServiceCmd::Get { service } => {
+            run_op(
+                client,
+                global,
+                "service.get",
+                json!({"serviceId": service}),
+                |s: ServiceInfo| output::service(&s),
             )
             .await
         }

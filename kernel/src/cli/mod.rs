@@ -86,7 +86,8 @@ enum Command {
         #[arg(long, short)]
         payload: Option<String>,
     },
-    /// List the syscalls (from this binary; no daemon needed).
+    /// List the syscalls: the kernel's, plus those services registered when a daemon
+    /// is reachable.
     Syscalls {
         /// Print the Markdown reference (docs/syscalls.md).
         #[arg(long)]
@@ -104,9 +105,12 @@ enum Command {
     /// Manage sessions and read their history.
     #[command(subcommand)]
     Session(client_cmds::SessionCmd),
-    /// Inspect skills and load them into sessions.
+    /// Inspect skills, load them into sessions, start and stop their services.
     #[command(subcommand)]
     Skill(client_cmds::SkillCmd),
+    /// Inspect running services.
+    #[command(subcommand)]
+    Service(client_cmds::ServiceCmd),
     /// Store and read content blobs.
     #[command(subcommand)]
     Content(client_cmds::ContentCmd),
@@ -134,8 +138,27 @@ pub fn main(shutdown: ShutdownSignal) -> ExitCode {
     };
     match cli.command {
         Command::Up(args) => up::run(&cli.global, args, shutdown),
-        Command::Syscalls { markdown } => {
-            output::syscalls(markdown, cli.global.json);
+        Command::Syscalls { markdown: true } => {
+            output::syscalls_markdown();
+            ExitCode::SUCCESS
+        }
+        Command::Syscalls { markdown: false } => {
+            let live = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()
+                .and_then(|runtime| {
+                    runtime.block_on(async {
+                        tokio::time::timeout(
+                            std::time::Duration::from_secs(3),
+                            client_for(&cli.global).operations(),
+                        )
+                        .await
+                        .ok()?
+                        .ok()
+                    })
+                });
+            output::syscalls(live, cli.global.json);
             ExitCode::SUCCESS
         }
         Command::Hooks { markdown } => {
@@ -178,6 +201,7 @@ fn command_into(command: Command) -> client_cmds::ClientCommand {
         Command::Agent(cmd) => C::Agent(cmd),
         Command::Session(cmd) => C::Session(cmd),
         Command::Skill(cmd) => C::Skill(cmd),
+        Command::Service(cmd) => C::Service(cmd),
         Command::Content(cmd) => C::Content(cmd),
         Command::Token(cmd) => C::Token(cmd),
         Command::Events(args) => C::Events(args),

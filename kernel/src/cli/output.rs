@@ -1,8 +1,8 @@
 //! Human-readable output for the CLI.
 
 use aos_sdk::protocol::{
-    AgentCb, AgentStatus, Health, HistorySearchResult, LogEntry, Message, Page, PartBody,
-    SessionCb, SkillDetail, SkillManifest, SystemCb, TokenInfo,
+    AgentCb, AgentStatus, Health, HistorySearchResult, LogEntry, Message, OpDescription, Page,
+    PartBody, ServiceInfo, SessionCb, SkillDetail, SkillManifest, SystemCb, TokenInfo,
 };
 use serde::Serialize;
 
@@ -18,19 +18,147 @@ pub fn print_json<T: Serialize>(value: &T, pretty: bool) {
     say!("{}", text.unwrap_or_default());
 }
 
-pub fn syscalls(as_markdown: bool, as_json: bool) {
-    let registry = Registry::standard();
-    if as_markdown {
-        say_raw!("{}", markdown(&registry));
-    } else if as_json {
-        print_json(&registry.describe(), true);
+/// `docs/syscalls.md`: the kernel's own operations.
+pub fn syscalls_markdown() {
+    say_raw!("{}", markdown(&Registry::standard()));
+}
+
+/// The operation list: `live` from a running daemon (kernel and service operations),
+/// else the kernel's own from this binary.
+pub fn syscalls(live: Option<Vec<OpDescription>>, as_json: bool) {
+    let from_daemon = live.is_some();
+    let ops = live.unwrap_or_else(|| Registry::standard().describe());
+    if as_json {
+        print_json(&ops, true);
+        return;
+    }
+    let rows: Vec<Vec<String>> = ops
+        .into_iter()
+        .map(|d| vec![d.name, d.kind, d.access, d.status])
+        .collect();
+    table(&["OP", "KIND", "ACCESS", "STATUS"], &rows);
+    if !from_daemon {
+        eprintln!(
+            "(no daemon reachable: these are the kernel's own operations; services add theirs when it runs)"
+        );
+    }
+}
+
+pub fn services(list: &[ServiceInfo]) {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|s| {
+            vec![
+                s.service_id.clone(),
+                s.skill.clone(),
+                s.owner
+                    .owner_id
+                    .as_deref()
+                    .map(|id| format!("{} {id}", s.owner.owner_type.as_str()))
+                    .unwrap_or_else(|| "system".to_owned()),
+                s.state.as_str().to_owned(),
+                s.pid
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".to_owned()),
+                s.restarts.to_string(),
+                clip(
+                    s.last_error
+                        .as_deref()
+                        .unwrap_or("")
+                        .lines()
+                        .next()
+                        .unwrap_or(""),
+                    60,
+                ),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SERVICE",
+            "SKILL",
+            "OWNER",
+            "STATE",
+            "PID",
+            "RESTARTS",
+            "LAST ERROR",
+        ],
+        &rows,
+    );
+}
+
+pub fn service(s: &ServiceInfo) {
+    say!("service:    {}", s.service_id);
+    say!("skill:      {}", s.skill);
+    say!(
+        "owner:      {}",
+        s.owner
+            .owner_id
+            .as_deref()
+            .map(|id| format!("{} {id}", s.owner.owner_type.as_str()))
+            .unwrap_or_else(|| "system".to_owned())
+    );
+    say!("state:      {}", s.state.as_str());
+    if let Some(pid) = s.pid {
+        say!("pid:        {pid}");
+    }
+    if let Some(command) = &s.command {
+        say!("command:    {command}");
+    }
+    if let Some(sdk) = &s.sdk {
+        say!("sdk:        {sdk}");
+    }
+    say!("restarts:   {}", s.restarts);
+    if !s.registered.hooks.is_empty() {
+        say!("hooks:      {}", s.registered.hooks.join(", "));
+    }
+    if !s.registered.events.is_empty() {
+        say!("events:     {}", s.registered.events.join(", "));
+    }
+    if !s.registered.ops.is_empty() {
+        say!("ops:        {}", s.registered.ops.join(", "));
+    }
+    if let Some(error) = &s.last_error {
+        say!("last error: {error}");
+    }
+}
+
+/// `aos skill lint`: the strict check of one skill directory.
+pub fn lint(dir: &std::path::Path) -> std::process::ExitCode {
+    let Ok(canonical) = dir.canonicalize() else {
+        eprintln!("aos: {} does not exist", dir.display());
+        return std::process::ExitCode::from(2);
+    };
+    let source = match std::fs::read_to_string(canonical.join("SKILL.md")) {
+        Ok(source) => source,
+        Err(error) => {
+            say!("{}: cannot read SKILL.md: {error}", canonical.display());
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let parsed = crate::skills::manifest::parse(&canonical, &source);
+    let mut problems = 0;
+    if let Some(error) = &parsed.manifest.error {
+        say!(
+            "{}:{}: error: {}",
+            error.file,
+            error.line.unwrap_or(1),
+            error.message
+        );
+        problems += 1;
+    }
+    for warning in &parsed.manifest.warnings {
+        say!(
+            "{}: warning: {warning}",
+            canonical.join("SKILL.md").display()
+        );
+        problems += 1;
+    }
+    if problems == 0 {
+        say!("{}: ok", parsed.manifest.name);
+        std::process::ExitCode::SUCCESS
     } else {
-        let rows: Vec<Vec<String>> = registry
-            .describe()
-            .into_iter()
-            .map(|d| vec![d.name, d.kind, d.access, d.status])
-            .collect();
-        table(&["OP", "KIND", "ACCESS", "STATUS"], &rows);
+        std::process::ExitCode::from(1)
     }
 }
 

@@ -56,7 +56,9 @@ pub struct UpArgs {
 }
 
 pub fn run(global: &Global, args: UpArgs, shutdown: ShutdownSignal) -> ExitCode {
-    let filter = EnvFilter::try_from_env("AOS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // The file watcher's own chatter (watch descriptors coming and going) is not news.
+    let filter = EnvFilter::try_from_env("AOS_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,notify=warn,notify_debouncer_mini=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

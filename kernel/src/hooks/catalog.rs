@@ -132,7 +132,7 @@ hooks!(EventName, HookClass::Event, {
     AosStopping = "aos.stopping", SYSTEM_ONLY, "the daemon is about to stop", "reason", "";
     SystemUpdated = "system.updated", SYSTEM_ONLY, "the system control block changed", "revision, changed", "";
     SkillIndexRefreshAfter = "skill.index.refresh.after", SYSTEM_ONLY,
-        "the skill index was rebuilt", "indexedCount, errorCount", "";
+        "the skill index was rebuilt (on request or because files changed)", "indexedCount, errorCount, added, changed, removed, cause", "";
     SkillDiscoveryAfter = "skill.discovery.after", ALL_OWNERS,
         "a catalog refresh finished", "agentId?, sessionId?, catalog", "";
     SkillDefaultResolveAfter = "skill.default.resolve.after", ALL_OWNERS,
@@ -141,8 +141,10 @@ hooks!(EventName, HookClass::Event, {
         "a skill's text entered a session", "agentId, sessionId, name, cause, seq", "";
     SkillUnloadAfter = "skill.unload.after", ALL_OWNERS,
         "a skill's text left a session's context", "agentId, sessionId, name, seq", "";
-    SkillStartAfter = "skill.start.after", ALL_OWNERS, "a service started", "serviceId, skill", "";
-    SkillStopAfter = "skill.stop.after", ALL_OWNERS, "a service stopped", "serviceId, skill", "";
+    SkillStartAfter = "skill.start.after", ALL_OWNERS,
+        "a service started and said hello", "serviceId, skill, ownerType, ownerId?, transport, pid?, cause", "";
+    SkillStopAfter = "skill.stop.after", ALL_OWNERS,
+        "a service stopped", "serviceId, skill, ownerType, ownerId?, reason", "";
     AgentStarted = "agent.started", SYSTEM_AGENT, "an agent was created", "agentId, cause", "";
     AgentUpdated = "agent.updated", SYSTEM_AGENT, "an agent's settings changed", "agentId, revision, changed", "";
     AgentArchived = "agent.archived", SYSTEM_AGENT, "an agent was archived", "agentId", "";
@@ -165,7 +167,15 @@ hooks!(EventName, HookClass::Event, {
         "a ReAct turn completed", "agentId, sessionId, dispatchId, turnIndex, toolCalls, appendedCount, finalAnswer", "";
     ComputeAfter = "compute.after", ALL_OWNERS, "a model call finished", "agentId, sessionId, dispatchId, usage", "";
     ServiceError = "service.error", ALL_OWNERS,
-        "a service crashed, timed out or failed a hook", "serviceId?, skill, hook?, message", "";
+        "a service crashed, timed out or failed a hook", "serviceId?, skill, hook?, message, exitCode?", "";
+    ServiceRegistered = "service.registered", ALL_OWNERS,
+        "a service registered (or changed) its hooks, events and operations", "serviceId, skill, hooks, events, ops", "";
+    ServiceRestarting = "service.restarting", ALL_OWNERS,
+        "a crashed service will be restarted after a backoff", "serviceId, skill, restarts, delayMs, reason", "";
+    HookWaiting = "hook.waiting", ALL_OWNERS,
+        "an interactive hook registration (one that asks a person) is being called", "hook, skill, serviceId, timeoutMs", "";
+    ServiceFailed = "service.failed", ALL_OWNERS,
+        "a service crashed too often and is no longer restarted", "serviceId, skill, crashes, lastError", "";
     TokenIssued = "token.issued", SYSTEM_ONLY, "a token was issued", "tokenId, scope, label?", "";
     TokenRevoked = "token.revoked", SYSTEM_ONLY, "a token was revoked", "tokenId", "";
 });

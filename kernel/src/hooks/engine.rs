@@ -17,7 +17,8 @@ use aos_sdk::protocol::{HookRegistration, OwnerType};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::catalog::{Admission, HookClass, HookRef, Transform};
+use super::catalog::{Admission, EventName, HookClass, HookRef, Transform};
+use crate::auth::Owner;
 use crate::events::EventBus;
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5_000);
@@ -32,46 +33,6 @@ pub trait HookHandler: Send + Sync + fmt::Debug {
     /// `{action, reason?, output?}`, transform `{output?}`. `Err` means the handler
     /// failed (crashed, disconnected, protocol error) and carries why.
     async fn call(&self, hook: &str, input: &Value, output: &Value) -> Result<Value, String>;
-}
-
-/// Which level registered a hook; decides where it fires.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HookOwner {
-    /// Fires for every operation.
-    System,
-    /// Fires for operations on this agent and its sessions.
-    Agent { agent_id: String },
-    /// Fires for operations on this session.
-    Session {
-        agent_id: String,
-        session_id: String,
-    },
-}
-
-impl HookOwner {
-    pub fn owner_type(&self) -> OwnerType {
-        match self {
-            HookOwner::System => OwnerType::System,
-            HookOwner::Agent { .. } => OwnerType::Agent,
-            HookOwner::Session { .. } => OwnerType::Session,
-        }
-    }
-
-    pub fn owner_id(&self) -> Option<&str> {
-        match self {
-            HookOwner::System => None,
-            HookOwner::Agent { agent_id } => Some(agent_id),
-            HookOwner::Session { session_id, .. } => Some(session_id),
-        }
-    }
-
-    fn applies_to(&self, scope: HookScope<'_>) -> bool {
-        match self {
-            HookOwner::System => true,
-            HookOwner::Agent { agent_id } => scope.agent_id == Some(agent_id.as_str()),
-            HookOwner::Session { session_id, .. } => scope.session_id == Some(session_id.as_str()),
-        }
-    }
 }
 
 /// The agent and session an operation concerns, when there are any.
@@ -104,7 +65,7 @@ pub struct NewRegistration {
     pub skill: String,
     /// Groups registrations for removal when the service goes away.
     pub service_id: String,
-    pub owner: HookOwner,
+    pub owner: Owner,
     pub priority: i32,
     pub timeout: Duration,
     /// Waits for a person (allows timeouts up to an hour).
@@ -117,9 +78,10 @@ struct Registration {
     hook: HookRef,
     skill: String,
     service_id: String,
-    owner: HookOwner,
+    owner: Owner,
     priority: i32,
     timeout: Duration,
+    interactive: bool,
     handler: Arc<dyn HookHandler>,
     seq: u64,
 }
@@ -145,8 +107,8 @@ pub enum RegisterError {
         owner: &'static str,
         allowed: String,
     },
-    #[error("timeout {requested_ms} ms for `{hook}` is above the limit of {limit_ms} ms")]
-    TimeoutTooLong {
+    #[error("timeout {requested_ms} ms for `{hook}` must be between 1 and {limit_ms} ms")]
+    BadTimeout {
         hook: String,
         requested_ms: u64,
         limit_ms: u64,
@@ -166,7 +128,7 @@ pub struct HookRejection {
 pub struct HookEngine {
     // Each entry is an immutable, sorted list replaced wholesale on change, so a call
     // clones one `Arc` under the read lock and never holds the lock across an `.await`.
-    table: RwLock<HashMap<&'static str, Arc<Vec<Arc<Registration>>>>>,
+    table: RwLock<Table>,
     next_seq: AtomicU64,
     events: Arc<EventBus>,
 }
@@ -190,6 +152,33 @@ impl HookEngine {
     /// Adds a registration after checking the hook exists, is not an event, may be
     /// registered by this owner level, and has an allowed timeout.
     pub fn register(&self, request: NewRegistration) -> Result<(), RegisterError> {
+        let registration = self.check(request)?;
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        insert(&mut table, registration);
+        Ok(())
+    }
+
+    /// Replaces every registration of `service_id` with `requests`, all or nothing: if
+    /// one request is refused, nothing changes and its index is returned with why.
+    pub fn replace_service(
+        &self,
+        service_id: &str,
+        requests: Vec<NewRegistration>,
+    ) -> Result<(), (usize, RegisterError)> {
+        let checked = requests
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| self.check(r).map_err(|e| (i, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        remove_service(&mut table, service_id);
+        for registration in checked {
+            insert(&mut table, registration);
+        }
+        Ok(())
+    }
+
+    fn check(&self, request: NewRegistration) -> Result<Arc<Registration>, RegisterError> {
         let hook = HookRef::lookup(&request.hook)
             .ok_or_else(|| RegisterError::Unknown(request.hook.clone()))?;
         let spec = hook.spec();
@@ -216,48 +205,30 @@ impl HookEngine {
         } else {
             MAX_TIMEOUT
         };
-        if request.timeout > limit {
-            return Err(RegisterError::TimeoutTooLong {
+        if request.timeout > limit || request.timeout.is_zero() {
+            return Err(RegisterError::BadTimeout {
                 hook: request.hook.clone(),
                 requested_ms: request.timeout.as_millis() as u64,
                 limit_ms: limit.as_millis() as u64,
             });
         }
-        let registration = Arc::new(Registration {
+        Ok(Arc::new(Registration {
             hook,
             skill: request.skill,
             service_id: request.service_id,
             owner: request.owner,
             priority: request.priority,
             timeout: request.timeout,
+            interactive: request.interactive,
             handler: request.handler,
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
-        });
-        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
-        let mut list: Vec<_> = table
-            .get(spec.name)
-            .map(|l| l.as_ref().clone())
-            .unwrap_or_default();
-        list.push(registration);
-        list.sort_by_key(|r| r.sort_key());
-        table.insert(spec.name, Arc::new(list));
-        Ok(())
+        }))
     }
 
     /// Removes every registration of a service.
     pub fn unregister_service(&self, service_id: &str) {
         let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
-        table.retain(|_, list| {
-            if list.iter().any(|r| r.service_id == service_id) {
-                *list = Arc::new(
-                    list.iter()
-                        .filter(|r| r.service_id != service_id)
-                        .cloned()
-                        .collect(),
-                );
-            }
-            !list.is_empty()
-        });
+        remove_service(&mut table, service_id);
     }
 
     /// Registrations in call order, optionally of one hook.
@@ -280,6 +251,7 @@ impl HookEngine {
                 hook: r.hook.spec().name.to_owned(),
                 class: r.hook.spec().class.as_str().to_owned(),
                 skill: r.skill.clone(),
+                service_id: Some(r.service_id.clone()),
                 owner_type: r.owner.owner_type(),
                 owner_id: r.owner.owner_id().map(str::to_owned),
                 priority: r.priority,
@@ -291,9 +263,10 @@ impl HookEngine {
     /// True when someone listens to `hook` for this scope.
     pub fn is_listened(&self, hook: &str, scope: HookScope<'_>) -> bool {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-        table
-            .get(hook)
-            .is_some_and(|list| list.iter().any(|r| r.owner.applies_to(scope)))
+        table.get(hook).is_some_and(|list| {
+            list.iter()
+                .any(|r| r.owner.covers(scope.agent_id, scope.session_id))
+        })
     }
 
     fn listeners(&self, hook: &str, scope: HookScope<'_>) -> Option<Vec<Arc<Registration>>> {
@@ -303,7 +276,7 @@ impl HookEngine {
         };
         let applicable: Vec<_> = list
             .iter()
-            .filter(|r| r.owner.applies_to(scope))
+            .filter(|r| r.owner.covers(scope.agent_id, scope.session_id))
             .cloned()
             .collect();
         (!applicable.is_empty()).then_some(applicable)
@@ -397,6 +370,20 @@ impl HookEngine {
         output: &Value,
         scope: HookScope<'_>,
     ) -> Result<Value, String> {
+        if registration.interactive {
+            // A person is being asked: UIs show the wait.
+            self.events.emit(
+                EventName::HookWaiting.name(),
+                scope.agent_id,
+                scope.session_id,
+                json!({
+                    "hook": name,
+                    "skill": registration.skill,
+                    "serviceId": registration.service_id,
+                    "timeoutMs": registration.timeout.as_millis() as u64,
+                }),
+            );
+        }
         let result = tokio::time::timeout(
             registration.timeout,
             registration.handler.call(name, input, output),
@@ -418,7 +405,7 @@ impl HookEngine {
     fn report(&self, registration: &Registration, hook: &str, message: &str, scope: HookScope<'_>) {
         tracing::warn!(skill = %registration.skill, hook, %message, "hook handler failed");
         self.events.emit(
-            "service.error",
+            EventName::ServiceError.name(),
             scope.agent_id,
             scope.session_id,
             json!({
@@ -429,6 +416,33 @@ impl HookEngine {
             }),
         );
     }
+}
+
+type Table = HashMap<&'static str, Arc<Vec<Arc<Registration>>>>;
+
+fn insert(table: &mut Table, registration: Arc<Registration>) {
+    let name = registration.hook.spec().name;
+    let mut list: Vec<_> = table
+        .get(name)
+        .map(|l| l.as_ref().clone())
+        .unwrap_or_default();
+    list.push(registration);
+    list.sort_by_key(|r| r.sort_key());
+    table.insert(name, Arc::new(list));
+}
+
+fn remove_service(table: &mut Table, service_id: &str) {
+    table.retain(|_, list| {
+        if list.iter().any(|r| r.service_id == service_id) {
+            *list = Arc::new(
+                list.iter()
+                    .filter(|r| r.service_id != service_id)
+                    .cloned()
+                    .collect(),
+            );
+        }
+        !list.is_empty()
+    });
 }
 
 enum AdmissionReply {
@@ -503,7 +517,7 @@ mod tests {
             &self,
             hook: &str,
             name: &'static str,
-            owner: HookOwner,
+            owner: Owner,
             priority: i32,
             reply: Result<Value, String>,
             delay_ms: u64,
@@ -528,14 +542,14 @@ mod tests {
         }
     }
 
-    fn agent(id: &str) -> HookOwner {
-        HookOwner::Agent {
+    fn agent(id: &str) -> Owner {
+        Owner::Agent {
             agent_id: id.into(),
         }
     }
 
-    fn session(id: &str) -> HookOwner {
-        HookOwner::Session {
+    fn session(id: &str) -> Owner {
+        Owner::Session {
             agent_id: "agt_1".into(),
             session_id: id.into(),
         }
@@ -580,7 +594,7 @@ mod tests {
         setup.add(
             hook,
             "system-late",
-            HookOwner::System,
+            Owner::System,
             5,
             Ok(json!("append")),
             0,
@@ -588,7 +602,7 @@ mod tests {
         setup.add(
             hook,
             "system-early",
-            HookOwner::System,
+            Owner::System,
             -5,
             Ok(json!("append")),
             0,
@@ -638,12 +652,12 @@ mod tests {
         setup.add(
             "tool.before",
             "guard",
-            HookOwner::System,
+            Owner::System,
             0,
             Ok(json!({"action": "reject", "reason": "rm -rf /"})),
             0,
         );
-        setup.add("tool.before", "later", HookOwner::System, 1, allow(), 0);
+        setup.add("tool.before", "later", Owner::System, 1, allow(), 0);
         let err = setup
             .engine
             .admit(Admission::ToolBefore, HookScope::default(), || {
@@ -662,12 +676,12 @@ mod tests {
         setup.add(
             "tool.before",
             "rewriter",
-            HookOwner::System,
+            Owner::System,
             0,
             Ok(json!({"action": "allow", "output": {"args": {"command": "echo safe"}}})),
             0,
         );
-        setup.add("tool.before", "checker", HookOwner::System, 1, allow(), 0);
+        setup.add("tool.before", "checker", Owner::System, 1, allow(), 0);
         let out = setup
             .engine
             .admit(Admission::ToolBefore, HookScope::default(), || {
@@ -681,14 +695,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_or_broken_admission_handler_fails_closed_after_its_timeout() {
         let setup = Setup::new();
-        setup.add(
-            "tool.before",
-            "sleepy",
-            HookOwner::System,
-            0,
-            allow(),
-            10_000,
-        );
+        setup.add("tool.before", "sleepy", Owner::System, 0, allow(), 10_000);
         let started = tokio::time::Instant::now();
         let err = setup
             .engine
@@ -708,7 +715,7 @@ mod tests {
         setup.add(
             "tool.before",
             "broken",
-            HookOwner::System,
+            Owner::System,
             0,
             Err("socket closed".into()),
             0,
@@ -726,7 +733,7 @@ mod tests {
         setup.add(
             "tool.before",
             "confused",
-            HookOwner::System,
+            Owner::System,
             0,
             Ok(json!({"verdict": "yes"})),
             0,
@@ -747,7 +754,7 @@ mod tests {
         setup.add(
             "session.messages.transform",
             "first",
-            HookOwner::System,
+            Owner::System,
             0,
             Ok(json!("append")),
             0,
@@ -755,7 +762,7 @@ mod tests {
         setup.add(
             "session.messages.transform",
             "hangs",
-            HookOwner::System,
+            Owner::System,
             1,
             Ok(json!("append")),
             10_000,
@@ -763,7 +770,7 @@ mod tests {
         setup.add(
             "session.messages.transform",
             "errors",
-            HookOwner::System,
+            Owner::System,
             2,
             Err("boom".into()),
             0,
@@ -771,7 +778,7 @@ mod tests {
         setup.add(
             "session.messages.transform",
             "last",
-            HookOwner::System,
+            Owner::System,
             3,
             Ok(json!("append")),
             0,
@@ -792,10 +799,48 @@ mod tests {
         assert_eq!(first_error.payload["skill"], "hangs");
     }
 
+    #[tokio::test]
+    async fn calling_an_interactive_registration_announces_the_wait() {
+        let setup = Setup::new();
+        setup
+            .engine
+            .register(NewRegistration {
+                hook: "tool.before".into(),
+                skill: "approver".into(),
+                service_id: "svc_approver".into(),
+                owner: Owner::System,
+                priority: 0,
+                timeout: Duration::from_secs(600),
+                interactive: true,
+                handler: Arc::new(Fixed {
+                    name: "approver",
+                    reply: allow(),
+                    delay: Duration::ZERO,
+                    log: setup.log.clone(),
+                }),
+            })
+            .unwrap();
+        let mut events = setup.engine.events.subscribe(None);
+        setup
+            .engine
+            .admit(
+                Admission::ToolBefore,
+                HookScope::session("agt_1", "ses_1"),
+                || (json!({}), json!({})),
+            )
+            .await
+            .unwrap();
+        let waiting = events.live.recv().await.unwrap();
+        assert_eq!(waiting.name, "hook.waiting");
+        assert_eq!(waiting.session_id.as_deref(), Some("ses_1"));
+        assert_eq!(waiting.payload["skill"], "approver");
+        assert_eq!(waiting.payload["timeoutMs"], 600_000);
+    }
+
     #[test]
     fn registration_checks_the_catalogue_owner_rights_and_timeouts() {
         let setup = Setup::new();
-        let request = |hook: &str, owner: HookOwner, timeout_ms: u64| NewRegistration {
+        let request = |hook: &str, owner: Owner, timeout_ms: u64| NewRegistration {
             hook: hook.into(),
             skill: "s".into(),
             service_id: "svc_s".into(),
@@ -813,7 +858,7 @@ mod tests {
         assert_eq!(
             setup
                 .engine
-                .register(request("tool.maybe", HookOwner::System, 10)),
+                .register(request("tool.maybe", Owner::System, 10)),
             Err(RegisterError::Unknown("tool.maybe".into()))
         );
         assert!(matches!(
@@ -833,12 +878,12 @@ mod tests {
         assert!(matches!(
             setup
                 .engine
-                .register(request("tool.before", HookOwner::System, 61_000)),
-            Err(RegisterError::TimeoutTooLong { .. })
+                .register(request("tool.before", Owner::System, 61_000)),
+            Err(RegisterError::BadTimeout { .. })
         ));
         setup
             .engine
-            .register(request("tool.before", HookOwner::System, 10))
+            .register(request("tool.before", Owner::System, 10))
             .unwrap();
         assert!(
             setup

@@ -84,6 +84,10 @@ pub async fn create(
         })
         .await?;
     kernel.store.insert_session(&session).await?;
+    if session.default_skills.iter().any(|r| r.start.is_some()) {
+        // Session-owned services start before the bootstrap, so their hooks see it.
+        crate::services::reconcile::session(kernel, &session.session_id).await?;
+    }
     run(kernel, &session.session_id, Some(planned), "create")
         .await
         .map_err(|error| {

@@ -54,6 +54,31 @@ pub fn resolve(layers: &[&[SkillDefaultRule]]) -> Resolved {
     }
 }
 
+/// The skills whose service runs *owned by* the layer at `level` (0 system, 1 agent,
+/// 2 session): those whose last `start` rule over `layers` is `enable` and comes from
+/// that very layer. So a system rule starts one system-owned service; an agent that
+/// repeats `start: enable` gets its own agent-owned service as well; a lower layer's
+/// `disable` keeps that layer from owning one but does not stop a higher layer's.
+pub fn started_at(layers: &[&[SkillDefaultRule]], level: usize) -> Vec<String> {
+    let mut last: Vec<(String, Toggle, usize)> = Vec::new();
+    for (index, layer) in layers.iter().enumerate() {
+        for rule in layer.iter() {
+            let Some(toggle) = rule.start else { continue };
+            match last.iter_mut().find(|(name, _, _)| *name == rule.name) {
+                Some(entry) => {
+                    entry.1 = toggle;
+                    entry.2 = index;
+                }
+                None => last.push((rule.name.clone(), toggle, index)),
+            }
+        }
+    }
+    last.into_iter()
+        .filter(|(_, toggle, index)| *toggle == Toggle::Enable && *index == level)
+        .map(|(name, _, _)| name)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +105,29 @@ mod tests {
         let session = vec![rule("shell", Some(Enable), None)];
         let resolved = resolve(&[&system, &agent, &session]);
         assert_eq!(resolved.load, vec!["aos", "shell"]);
+    }
+
+    #[test]
+    fn each_layer_owns_the_services_it_decides() {
+        use Toggle::{Disable, Enable};
+        let system = vec![
+            rule("ctx", None, Some(Enable)),
+            rule("ui", None, Some(Enable)),
+            rule("mem", None, Some(Enable)),
+        ];
+        let agent = vec![
+            rule("ui", None, Some(Disable)),
+            rule("mem", None, Some(Enable)),
+            rule("own", None, Some(Enable)),
+        ];
+        let session = vec![
+            rule("own", None, Some(Disable)),
+            rule("tmp", None, Some(Enable)),
+        ];
+        let layers: [&[SkillDefaultRule]; 3] = [&system, &agent, &session];
+        assert_eq!(started_at(&layers[..1], 0), vec!["ctx", "ui", "mem"]);
+        assert_eq!(started_at(&layers[..2], 1), vec!["mem", "own"]);
+        assert_eq!(started_at(&layers, 2), vec!["tmp"]);
     }
 
     #[test]

@@ -17,6 +17,9 @@ const MAX_DEPTH: usize = 4;
 const MAX_DIRS: usize = 5_000;
 const SKIPPED_DIRS: &[&str] = &["node_modules", "target", "__pycache__", "venv", ".venv"];
 
+/// Files per skill looked at for its fingerprint at most.
+const MAX_FINGERPRINT_FILES: usize = 5_000;
+
 /// One indexed skill.
 #[derive(Debug, Clone)]
 pub struct IndexedSkill {
@@ -25,6 +28,9 @@ pub struct IndexedSkill {
     pub text: Option<Arc<str>>,
     /// Canonical skill directory.
     pub dir: PathBuf,
+    /// Changes whenever a file of the skill changes (path, size, modification time of
+    /// every file outside ignored paths), so a rescan tells which skills changed.
+    pub fingerprint: u64,
 }
 
 impl IndexedSkill {
@@ -56,6 +62,58 @@ impl Snapshot {
     }
 }
 
+/// What a refresh changed, by skill name (usable skills only: a skill that broke
+/// counts as removed, one that was fixed as added).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    /// The set of broken skills or their errors changed.
+    pub errors_changed: bool,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.changed.is_empty()
+            && self.removed.is_empty()
+            && !self.errors_changed
+    }
+
+    fn between(old: &Snapshot, new: &Snapshot) -> Self {
+        let mut changes = Changes::default();
+        for (name, skill) in &new.by_name {
+            match old.by_name.get(name) {
+                None => changes.added.push(name.clone()),
+                Some(before)
+                    if before.fingerprint != skill.fingerprint
+                        || before.dir != skill.dir
+                        || before.manifest != skill.manifest =>
+                {
+                    changes.changed.push(name.clone());
+                }
+                Some(_) => {}
+            }
+        }
+        changes.removed = old
+            .by_name
+            .keys()
+            .filter(|name| !new.by_name.contains_key(*name))
+            .cloned()
+            .collect();
+        let errors = |s: &Snapshot| -> Vec<SkillManifest> {
+            s.all
+                .iter()
+                .filter(|k| !k.is_usable())
+                .map(|k| k.manifest.clone())
+                .collect()
+        };
+        changes.errors_changed = errors(old) != errors(new);
+        changes
+    }
+}
+
 /// The index of one skill root.
 #[derive(Debug)]
 pub struct SkillIndex {
@@ -83,12 +141,14 @@ impl SkillIndex {
             .clone()
     }
 
-    /// Rescans the root (blocking file I/O: call from `spawn_blocking`) and swaps in
-    /// the result.
-    pub fn refresh(&self) -> Arc<Snapshot> {
+    /// Rescans the root (blocking file I/O: call from `spawn_blocking`), swaps in the
+    /// result, and says what changed.
+    pub fn refresh(&self) -> (Arc<Snapshot>, Changes) {
         let snapshot = Arc::new(scan(&self.root));
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = snapshot.clone();
-        snapshot
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let changes = Changes::between(&current, &snapshot);
+        *current = snapshot.clone();
+        (snapshot, changes)
     }
 }
 
@@ -204,7 +264,57 @@ fn load(dir: &Path) -> IndexedSkill {
         manifest,
         text: text.map(Arc::from),
         dir: dir.to_owned(),
+        fingerprint: fingerprint(dir),
     }
+}
+
+/// True for paths that never make a skill change: hidden files and directories,
+/// dependency and build directories, Python bytecode, editor leftovers. Services may
+/// write there (a Python service writes `__pycache__`) without restarting themselves.
+pub fn is_ignored(relative: &Path) -> bool {
+    relative.components().any(|c| {
+        let name = c.as_os_str().to_string_lossy();
+        name.starts_with('.') || SKIPPED_DIRS.contains(&name.as_ref())
+    }) || relative.file_name().is_some_and(|n| {
+        let n = n.to_string_lossy();
+        n.ends_with(".pyc") || n.ends_with(".swp") || n.ends_with('~') || n.ends_with(".tmp")
+    })
+}
+
+fn fingerprint(dir: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    let mut files: Vec<(PathBuf, u64, i128)> = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(current) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let Ok(relative) = path.strip_prefix(dir) else {
+                continue;
+            };
+            if is_ignored(relative) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if files.len() < MAX_FINGERPRINT_FILES {
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_nanos() as i128)
+                    .unwrap_or(-1);
+                files.push((relative.to_owned(), meta.len(), modified));
+            }
+        }
+    }
+    files.sort();
+    files.hash(&mut hasher);
+    hasher.finish()
 }
 
 fn broken(dir: &Path, message: String) -> IndexedSkill {
@@ -233,6 +343,7 @@ fn broken(dir: &Path, message: String) -> IndexedSkill {
         },
         text: None,
         dir: dir.to_owned(),
+        fingerprint: 0,
     }
 }
 
@@ -260,7 +371,7 @@ mod tests {
         write_skill(root.path(), ".git/hidden2", "hidden2");
         std::fs::create_dir_all(root.path().join("empty")).unwrap();
         let index = SkillIndex::new(root.path().to_owned());
-        let snapshot = index.refresh();
+        let (snapshot, _) = index.refresh();
         let names: Vec<_> = snapshot.by_name.keys().cloned().collect();
         assert_eq!(names, vec!["aos", "py-guard"]);
         assert_eq!(snapshot.error_count(), 1);
@@ -285,7 +396,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         write_skill(root.path(), "a/dup", "dup");
         write_skill(root.path(), "b/dup", "dup");
-        let snapshot = SkillIndex::new(root.path().to_owned()).refresh();
+        let (snapshot, _) = SkillIndex::new(root.path().to_owned()).refresh();
         assert_eq!(snapshot.usable_count(), 1);
         assert!(snapshot.get("dup").unwrap().dir.ends_with("a/dup"));
         assert_eq!(snapshot.error_count(), 1);
@@ -297,15 +408,39 @@ mod tests {
         write_skill(outside.path(), "evil", "evil");
         let root = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path().join("evil"), root.path().join("evil")).unwrap();
-        let snapshot = SkillIndex::new(root.path().to_owned()).refresh();
+        let (snapshot, _) = SkillIndex::new(root.path().to_owned()).refresh();
         assert_eq!(snapshot.usable_count(), 0);
         let message = &snapshot.all[0].manifest.error.as_ref().unwrap().message;
         assert!(message.contains("outside the skill root"), "{message}");
     }
 
     #[test]
+    fn refreshes_report_added_changed_and_removed_skills() {
+        let root = tempfile::tempdir().unwrap();
+        write_skill(root.path(), "a", "a");
+        write_skill(root.path(), "b", "b");
+        let index = SkillIndex::new(root.path().to_owned());
+        let (_, first) = index.refresh();
+        assert_eq!(first.added, vec!["a", "b"]);
+        let (_, nothing) = index.refresh();
+        assert!(nothing.is_empty(), "{nothing:?}");
+        // A service file changes; bytecode and hidden files do not count.
+        std::fs::write(root.path().join("a/service.py"), "print(1)").unwrap();
+        std::fs::create_dir_all(root.path().join("b/__pycache__")).unwrap();
+        std::fs::write(root.path().join("b/__pycache__/x.pyc"), "junk").unwrap();
+        std::fs::write(root.path().join("b/.notes.swp"), "junk").unwrap();
+        write_skill(root.path(), "c", "c");
+        std::fs::write(root.path().join("b/SKILL.md"), "broken now").unwrap();
+        let (_, changes) = index.refresh();
+        assert_eq!(changes.added, vec!["c"]);
+        assert_eq!(changes.changed, vec!["a"]);
+        assert_eq!(changes.removed, vec!["b"]);
+        assert!(changes.errors_changed);
+    }
+
+    #[test]
     fn a_missing_root_is_an_empty_index() {
-        let snapshot = SkillIndex::new(PathBuf::from("/nonexistent/skills")).refresh();
+        let (snapshot, _) = SkillIndex::new(PathBuf::from("/nonexistent/skills")).refresh();
         assert!(snapshot.all.is_empty());
     }
 }

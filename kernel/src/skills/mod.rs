@@ -2,5 +2,7 @@
 
 pub mod index;
 pub mod manifest;
+pub mod reload;
+pub mod watcher;
 
-pub use index::{IndexedSkill, SkillIndex, Snapshot};
+pub use index::{Changes, IndexedSkill, SkillIndex, Snapshot};

@@ -11,6 +11,7 @@ use super::validate::{self, Layer};
 use super::{Access, Ctx, OpKind, OpSpec, Out, SyscallError, op};
 use crate::hooks::EventName;
 use crate::ids::new_id;
+use crate::services::reconcile;
 use crate::store::ListQuery;
 
 pub(super) fn ops() -> Vec<OpSpec> {
@@ -135,6 +136,9 @@ async fn create(ctx: Ctx, params: AgentCreateParams) -> Result<Out<AgentCb>, Sys
         None,
         json!({"agentId": agent.agent_id, "cause": "create"}),
     );
+    if agent.default_skills.iter().any(|r| r.start.is_some()) {
+        reconcile::agent(&ctx.kernel, &agent.agent_id).await?;
+    }
     Ok(Out::new(agent.clone()).revision(1).agent(&agent.agent_id))
 }
 
@@ -236,6 +240,9 @@ async fn update(ctx: Ctx, params: AgentUpdateParams) -> Result<Out<AgentCb>, Sys
         None,
         json!({"agentId": agent.agent_id, "revision": agent.revision, "changed": changed}),
     );
+    if changed.contains(&"defaultSkills") {
+        reconcile::agent(&ctx.kernel, &agent.agent_id).await?;
+    }
     Ok(Out::new(agent.clone())
         .revision(agent.revision)
         .agent(&agent.agent_id))
@@ -264,6 +271,10 @@ async fn archive(ctx: Ctx, params: AgentIdParams) -> Result<Out<AgentCb>, Syscal
     // A session created while the first sweep ran is caught here: creation checks the
     // agent's status, so none can appear after this point.
     archived_sessions.extend(archive_sessions_of(&ctx.kernel, &agent.agent_id).await?);
+    ctx.kernel
+        .services
+        .stop_owned_by(&agent.agent_id, None)
+        .await;
     ctx.kernel.emit(
         EventName::AgentArchived,
         Some(&agent.agent_id),

@@ -1,13 +1,19 @@
 //! Operations that fit no single domain: hooks, events, usage, the RuntimeLog.
 
+use serde_json::{Value, json};
+
 use aos_sdk::protocol::{
-    EventPublishParams, HookListParams, HookRegistration, LogEntry, LogListParams, UsageParams,
-    UsageResult,
+    EventPublishParams, HookListParams, HookRegistration, LogEntry, LogListParams, OwnerType,
+    UsageParams, UsageResult,
 };
 
 use super::validate;
-use super::{Access, Ctx, OpKind, OpSpec, Out, SyscallError, not_yet, op};
+use super::{Access, Ctx, OpKind, OpSpec, Out, SyscallError, op};
+use crate::auth::Scope;
 use crate::store::LogQuery;
+
+/// Largest custom event payload, serialized.
+const MAX_EVENT_PAYLOAD_BYTES: usize = 256 * 1024;
 
 pub(super) fn ops() -> Vec<OpSpec> {
     vec![
@@ -18,12 +24,12 @@ pub(super) fn ops() -> Vec<OpSpec> {
             "Who listens to which hook, in call order (owner level, priority, registration).",
             hook_list,
         ),
-        not_yet::<EventPublishParams>(
+        op(
             "event.publish",
             OpKind::Command,
             Access::Scoped,
-            "A service publishes a custom event under its own namespace `skill.<name>.*`.",
-            "the skills-and-services part (supervisor, protocol v1)",
+            "Publish a custom event `skill.<your-skill>.<name>` (services: their own skill only), optionally about a session in the caller's scope.",
+            event_publish,
         ),
         op(
             "usage.get",
@@ -46,9 +52,88 @@ async fn hook_list(
     ctx: Ctx,
     params: HookListParams,
 ) -> Result<Out<Vec<HookRegistration>>, SyscallError> {
-    Ok(Out::new(
-        ctx.kernel.hooks.registrations(params.hook.as_deref()),
-    ))
+    let hook = params.hook.as_deref();
+    let mut registrations = ctx.kernel.hooks.registrations(hook);
+    registrations.extend(ctx.kernel.services.event_subscriptions(hook));
+    // Confined callers see what fires for them: system registrations and their own.
+    let caller = &ctx.caller;
+    registrations.retain(|r| match (r.owner_type, r.owner_id.as_deref()) {
+        (OwnerType::System, _) => true,
+        (_, _) if caller.confined_agent().is_none() => true,
+        (OwnerType::Agent, Some(agent)) => {
+            caller.confined_session().is_none() && caller.can_read_agent(agent)
+        }
+        (OwnerType::Session, Some(session)) => caller.confined_session() == Some(session),
+        _ => false,
+    });
+    Ok(Out::new(registrations))
+}
+
+async fn event_publish(ctx: Ctx, params: EventPublishParams) -> Result<Out<Value>, SyscallError> {
+    let name = params.name.as_str();
+    let rest = name.strip_prefix("skill.").ok_or_else(|| {
+        SyscallError::invalid(
+            "name",
+            "must be `skill.<skill>.<event>`; other names belong to the kernel",
+        )
+    })?;
+    let (skill, event) = rest.split_once('.').unwrap_or((rest, ""));
+    let valid_event = !event.is_empty()
+        && event.len() <= 64
+        && event.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        });
+    crate::skills::manifest::check_name(skill).map_err(|m| SyscallError::invalid("name", m))?;
+    if !valid_event {
+        return Err(SyscallError::invalid(
+            "name",
+            "the part after `skill.<skill>.` must be 1–64 of `a-z0-9-_.`",
+        ));
+    }
+    match &ctx.caller.scope {
+        Scope::Service { skill: own, .. } if own != skill => {
+            return Err(ctx.caller.deny(format_args!(
+                "publish events of skill `{skill}` (only `skill.{own}.*`)"
+            )));
+        }
+        Scope::Service { .. } | Scope::Kernel | Scope::Admin => {}
+        Scope::Agent { .. } | Scope::Session { .. } => {
+            return Err(ctx.caller.deny("publish events (services and admin only)"));
+        }
+    }
+    let size = serde_json::to_vec(&params.payload)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_EVENT_PAYLOAD_BYTES {
+        return Err(SyscallError::invalid(
+            "payload",
+            format!(
+                "is {size} bytes; at most {MAX_EVENT_PAYLOAD_BYTES} (put large data in content.put and send its id)"
+            ),
+        ));
+    }
+    let (agent_id, session_id) = match params.session_id.as_deref() {
+        Some(session_id) => {
+            let agent_id = ctx.kernel.session_agent(session_id).await?;
+            if !ctx.caller.can_write_session(&agent_id, session_id) {
+                return Err(ctx
+                    .caller
+                    .deny(format_args!("publish events about session {session_id}")));
+            }
+            (Some(agent_id), Some(session_id.to_owned()))
+        }
+        None => (ctx.caller.confined_agent().map(str::to_owned), None),
+    };
+    let published = ctx.kernel.events.emit(
+        name,
+        agent_id.as_deref(),
+        session_id.as_deref(),
+        params.payload,
+    );
+    let mut out = Out::new(json!({"id": published.id, "name": name}));
+    out.agent_id = agent_id;
+    out.session_id = session_id;
+    Ok(out)
 }
 
 async fn usage_get(ctx: Ctx, params: UsageParams) -> Result<Out<UsageResult>, SyscallError> {

@@ -455,7 +455,8 @@ impl Registry {
     }
 
     /// Runs one syscall for `caller` and returns its envelope. Never panics on bad
-    /// input; every command, successful or not, leaves a RuntimeLog row.
+    /// input; every command, successful or not, leaves a RuntimeLog row. Names the
+    /// kernel does not know go to the services that registered them.
     pub async fn call(
         &self,
         kernel: &Arc<Kernel>,
@@ -464,29 +465,6 @@ impl Registry {
         params: Value,
     ) -> Envelope {
         let started = Instant::now();
-        let Some(spec) = self.ops.get(op) else {
-            let suggestions = self.suggestions(op);
-            let hint = if suggestions.is_empty() {
-                "`aos syscalls` lists every operation".to_owned()
-            } else {
-                format!(
-                    "did you mean {}?",
-                    suggestions
-                        .iter()
-                        .map(|s| format!("`{s}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            };
-            return Envelope::failure(
-                op,
-                ErrorBody::new(
-                    ErrorCode::NotFound,
-                    format!("unknown operation `{op}`; {hint}"),
-                )
-                .with_details(json!({"suggestions": suggestions})),
-            );
-        };
         let params = match params {
             Value::Null => Value::Object(Map::new()),
             other => other,
@@ -505,11 +483,21 @@ impl Registry {
             kernel: kernel.clone(),
             caller,
         };
-        let result = match authorize(&ctx, spec, &params).await {
-            Ok(()) => (spec.handler)(ctx.clone(), params).await,
-            Err(denied) => Err(denied),
-        };
-        if spec.kind == OpKind::Command {
+        let (name, kind, result): (String, OpKind, Result<Out<Value>, SyscallError>) =
+            if let Some(spec) = self.ops.get(op) {
+                let result = match authorize(&ctx, spec, &params).await {
+                    Ok(()) => (spec.handler)(ctx.clone(), params).await,
+                    Err(denied) => Err(denied),
+                };
+                (spec.name.to_owned(), spec.kind, result)
+            } else if let Some(routes) = kernel.services.ops.routes(op) {
+                let kind = routes.first().map_or(OpKind::Command, |r| r.kind);
+                let result = call_service(&ctx, op, &routes, &raw_targets, &params).await;
+                (op.to_owned(), kind, result)
+            } else {
+                return Envelope::failure(op, self.unknown(kernel, op));
+            };
+        if kind == OpKind::Command {
             let (agent_id, session_id, targets, outcome, data) = match &result {
                 Ok(out) => (
                     out.agent_id.clone().or(raw_targets.0),
@@ -533,7 +521,7 @@ impl Registry {
                     id: new_id("log_"),
                     ts: Timestamp::now(),
                     caller: ctx.caller.identity(),
-                    op: spec.name.to_owned(),
+                    op: name.clone(),
                     agent_id,
                     session_id,
                     outcome,
@@ -544,15 +532,97 @@ impl Registry {
                 .await;
         }
         match result {
-            Ok(out) => Envelope::success(spec.name, out.data, out.revision),
+            Ok(out) => Envelope::success(name, out.data, out.revision),
             Err(error) => {
                 if error.code == ErrorCode::Internal {
-                    tracing::error!(op = spec.name, caller = %ctx.caller.identity(), message = %error.message, "syscall failed");
+                    tracing::error!(op = %name, caller = %ctx.caller.identity(), message = %error.message, "syscall failed");
                 }
-                Envelope::failure(spec.name, error.into_body())
+                Envelope::failure(name, error.into_body())
             }
         }
     }
+
+    /// The error for an operation nobody provides, with close names.
+    fn unknown(&self, kernel: &Kernel, op: &str) -> ErrorBody {
+        let mut suggestions: Vec<String> = self
+            .suggestions(op)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if suggestions.is_empty() {
+            let mut scored: Vec<(f64, String)> = kernel
+                .services
+                .ops
+                .names()
+                .into_iter()
+                .map(|candidate| (strsim::jaro_winkler(op, &candidate), candidate))
+                .filter(|(score, _)| *score > 0.8)
+                .collect();
+            scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+            suggestions = scored.into_iter().take(3).map(|(_, n)| n).collect();
+        }
+        let hint = if suggestions.is_empty() {
+            "`aos syscalls` lists every operation".to_owned()
+        } else {
+            format!(
+                "did you mean {}?",
+                suggestions
+                    .iter()
+                    .map(|s| format!("`{s}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        ErrorBody::new(
+            ErrorCode::NotFound,
+            format!("unknown operation `{op}`; {hint}"),
+        )
+        .with_details(json!({"suggestions": suggestions}))
+    }
+}
+
+/// Calls a service-provided operation on the service nearest to the caller.
+async fn call_service(
+    ctx: &Ctx,
+    op: &str,
+    routes: &[crate::services::ops::Route],
+    targets: &(Option<String>, Option<String>),
+    params: &Value,
+) -> Result<Out<Value>, SyscallError> {
+    if !params.is_object() {
+        return Err(SyscallError::new(
+            ErrorCode::InvalidParams,
+            format!("params for `{op}` must be a JSON object"),
+        ));
+    }
+    let (agent_hint, session_hint) = (targets.0.as_deref(), targets.1.as_deref());
+    let session_agent = match (agent_hint, session_hint) {
+        (None, Some(session)) if ctx.caller.confined_agent().is_none() => {
+            ctx.kernel.session_agent(session).await.ok()
+        }
+        _ => None,
+    };
+    let route = crate::services::ops::choose(
+        routes,
+        &ctx.caller,
+        session_hint,
+        agent_hint.or(session_agent.as_deref()),
+    )
+    .ok_or_else(|| {
+        SyscallError::new(
+            ErrorCode::NotFound,
+            format!(
+                "`{op}` is provided by skill `{}`, but by no service that serves {}",
+                routes[0].skill,
+                ctx.caller.identity()
+            ),
+        )
+    })?;
+    let data = crate::services::ops::call(route, op, params, &ctx.caller).await?;
+    let mut out = Out::new(data);
+    out.agent_id = route.owner.agent_id().map(str::to_owned);
+    out.session_id = route.owner.session_id().map(str::to_owned);
+    Ok(out.targets(json!({"serviceId": route.service_id})))
 }
 
 /// Checks the declared access of `spec` against the caller's scope.

@@ -15,6 +15,7 @@ use super::{Access, Ctx, OpKind, OpSpec, Out, SyscallError, not_yet, op};
 use crate::hooks::{Admission, EventName, HookScope};
 use crate::ids::new_id;
 use crate::kernel::Kernel;
+use crate::services::reconcile;
 use crate::sessions::bootstrap;
 use crate::store::{ListQuery, NewMessage};
 
@@ -567,6 +568,9 @@ async fn update(ctx: Ctx, params: SessionUpdateParams) -> Result<Out<SessionCb>,
         Some(&session.session_id),
         json!({"agentId": session.agent_id, "sessionId": session.session_id, "revision": session.revision, "changed": changed}),
     );
+    if changed.contains(&"defaultSkills") {
+        reconcile::session(&ctx.kernel, &session.session_id).await?;
+    }
     Ok(Out::new(session.clone())
         .revision(session.revision)
         .session(&session.agent_id, &session.session_id))
@@ -708,5 +712,9 @@ pub(super) async fn archive_session(
         Some(&session.session_id),
         json!({"agentId": session.agent_id, "sessionId": session.session_id}),
     );
+    kernel
+        .services
+        .stop_owned_by(&session.agent_id, Some(&session.session_id))
+        .await;
     Ok(session)
 }

@@ -2,20 +2,22 @@
 //! catalog an owner sees, and default resolution.
 
 use aos_sdk::protocol::{
-    CatalogItem, CatalogParams, DefaultResolveParams, DefaultResolveResult, ErrorCode,
-    IndexRefreshResult, NoParams, Origin, OwnerType, PartBody, Role, ServiceIdParams, SkillDetail,
-    SkillLoadCause, SkillLoadParams, SkillLoaded, SkillManifest, SkillNameParams, SkillStartParams,
+    AgentStatus, CatalogItem, CatalogParams, DefaultResolveParams, DefaultResolveResult, ErrorCode,
+    IndexRefreshResult, NoParams, Origin, OwnerType, PartBody, Role, ServiceIdParams, ServiceInfo,
+    ServiceListParams, SkillDetail, SkillLoadCause, SkillLoadParams, SkillLoaded, SkillManifest,
+    SkillNameParams, SkillStartParams,
 };
 use serde_json::{Value, json};
 
 use super::session::{AppendRequest, append_message, require_ready};
 use super::validate;
-use super::{Access, Ctx, OpKind, OpSpec, Out, SyscallError, not_yet, op};
+use super::{Access, Ctx, OpKind, OpSpec, Out, SyscallError, op};
+use crate::auth::Owner;
 use crate::hooks::{Admission, EventName, HookScope, Transform};
+use crate::services::{ServiceEntry, StartOrigin, may_control, visible_to};
 use crate::sessions::defaults::resolve;
+use crate::skills::reload::reload;
 use crate::skills::{IndexedSkill, Snapshot};
-
-const SERVICES: &str = "the skills-and-services part (supervisor, protocol v1)";
 
 pub(super) fn ops() -> Vec<OpSpec> {
     vec![
@@ -81,33 +83,33 @@ pub(super) fn ops() -> Vec<OpSpec> {
             "The default skills a new session would load, and the services its owner would start.",
             default_resolve,
         ),
-        not_yet::<SkillStartParams>(
+        op(
             "skill.start",
             OpKind::Command,
             Access::Scoped,
-            "Start a skill's service for an owner (system, agent or session).",
-            SERVICES,
+            "Start a skill's service for an owner (system, an agent, or a session; default: the caller's own level) and wait until it says hello. Returns the service; starting a running one returns it unchanged.",
+            start,
         ),
-        not_yet::<ServiceIdParams>(
+        op(
             "skill.stop",
             OpKind::Command,
             Access::Scoped,
-            "Stop a running service.",
-            SERVICES,
+            "Stop a running service: `shutdown`, a 5 s grace period, then SIGKILL of its process group.",
+            stop,
         ),
-        not_yet::<NoParams>(
+        op(
             "service.list",
             OpKind::Query,
             Access::Scoped,
-            "List services with state, pid, restarts, last error and registered hooks.",
-            SERVICES,
+            "List services with state, pid, restarts, last error and what each registered; scoped tokens see their own agent's or session's.",
+            service_list,
         ),
-        not_yet::<ServiceIdParams>(
+        op(
             "service.get",
             OpKind::Query,
             Access::Scoped,
             "Read one service.",
-            SERVICES,
+            service_get,
         ),
     ]
 }
@@ -143,27 +145,179 @@ fn usable<'a>(
 }
 
 async fn index_refresh(ctx: Ctx, _: NoParams) -> Result<Out<IndexRefreshResult>, SyscallError> {
-    let root = ctx.kernel.skills.root().display().to_string();
-    ctx.kernel
-        .hooks
-        .admit(
-            Admission::SkillIndexRefreshBefore,
-            HookScope::default(),
-            || (json!({"skillRoot": root}), json!({})),
-        )
-        .await?;
-    let snapshot = ctx.kernel.refresh_skills().await;
-    let result = IndexRefreshResult {
+    let (snapshot, changes) = reload(&ctx.kernel, "skill.index.refresh", true).await?;
+    Ok(Out::new(IndexRefreshResult {
         indexed_count: snapshot.usable_count() as u64,
         error_count: snapshot.error_count() as u64,
+        added: changes.added,
+        changed: changes.changed,
+        removed: changes.removed,
+    }))
+}
+
+/// The owner a `skill.start` asks for, checked against what exists and the caller.
+async fn start_owner(ctx: &Ctx, params: &SkillStartParams) -> Result<Owner, SyscallError> {
+    let caller = &ctx.caller;
+    let owner_type =
+        params
+            .owner_type
+            .unwrap_or(match (caller.confined_agent(), caller.confined_session()) {
+                (None, _) => OwnerType::System,
+                (Some(_), None) => OwnerType::Agent,
+                (Some(_), Some(_)) => OwnerType::Session,
+            });
+    let owner_id = params.owner_id.clone().or_else(|| match owner_type {
+        OwnerType::System => None,
+        OwnerType::Agent => caller.confined_agent().map(str::to_owned),
+        OwnerType::Session => caller.confined_session().map(str::to_owned),
+    });
+    let owner = match (owner_type, owner_id) {
+        (OwnerType::System, None) => Owner::System,
+        (OwnerType::System, Some(_)) => {
+            return Err(SyscallError::invalid(
+                "ownerId",
+                "must be absent for system-owned services",
+            ));
+        }
+        (OwnerType::Agent, Some(agent_id)) => {
+            let agent = ctx.kernel.get_agent(&agent_id).await?;
+            if agent.status == AgentStatus::Archived {
+                return Err(SyscallError::new(
+                    ErrorCode::AgentArchived,
+                    format!("agent `{agent_id}` is archived: no services can start for it"),
+                ));
+            }
+            Owner::Agent { agent_id }
+        }
+        (OwnerType::Session, Some(session_id)) => {
+            let session = ctx.kernel.get_session(&session_id).await?;
+            require_ready(&session)?;
+            Owner::Session {
+                agent_id: session.agent_id,
+                session_id,
+            }
+        }
+        (_, None) => {
+            return Err(SyscallError::invalid(
+                "ownerId",
+                "is required for agent- and session-owned services (an agent or session id)",
+            ));
+        }
     };
-    ctx.kernel.emit(
-        EventName::SkillIndexRefreshAfter,
-        None,
-        None,
-        json!({"indexedCount": result.indexed_count, "errorCount": result.error_count}),
-    );
-    Ok(Out::new(result))
+    if !may_control(caller, &owner) {
+        return Err(caller.deny(format_args!("start services for {}", owner.describe())));
+    }
+    Ok(owner)
+}
+
+async fn start(ctx: Ctx, params: SkillStartParams) -> Result<Out<ServiceInfo>, SyscallError> {
+    let snapshot = ctx.kernel.skills.snapshot();
+    let skill = usable(&snapshot, &params.name)?;
+    if skill.manifest.service.is_none() {
+        return Err(SyscallError::invalid(
+            "name",
+            format!(
+                "skill `{}` has no service to start (its SKILL.md declares no `service`)",
+                params.name
+            ),
+        ));
+    }
+    let owner = start_owner(&ctx, &params).await?;
+    let scope = HookScope {
+        agent_id: owner.agent_id(),
+        session_id: owner.session_id(),
+    };
+    ctx.kernel
+        .hooks
+        .admit(Admission::SkillStartBefore, scope, || {
+            (
+                json!({
+                    "skill": params.name,
+                    "ownerType": owner.owner_type(),
+                    "ownerId": owner.owner_id(),
+                    "agentId": owner.agent_id(),
+                    "sessionId": owner.session_id(),
+                }),
+                json!({}),
+            )
+        })
+        .await?;
+    let entry = ctx
+        .kernel
+        .services
+        .start(
+            &ctx.kernel,
+            &params.name,
+            owner.clone(),
+            StartOrigin::Explicit,
+            "skill.start",
+        )
+        .await?;
+    let mut out = Out::new(entry.info()).targets(json!({"serviceId": entry.id}));
+    out.agent_id = owner.agent_id().map(str::to_owned);
+    out.session_id = owner.session_id().map(str::to_owned);
+    Ok(out)
+}
+
+fn visible_service(
+    ctx: &Ctx,
+    service_id: &str,
+) -> Result<std::sync::Arc<ServiceEntry>, SyscallError> {
+    let entry = ctx
+        .kernel
+        .services
+        .get(service_id)
+        .ok_or_else(|| SyscallError::not_found("service", service_id))?;
+    if !visible_to(&ctx.caller, &entry.owner) {
+        return Err(ctx.caller.deny(format_args!("see service {service_id}")));
+    }
+    Ok(entry)
+}
+
+async fn stop(ctx: Ctx, params: ServiceIdParams) -> Result<Out<ServiceInfo>, SyscallError> {
+    let entry = visible_service(&ctx, &params.service_id)?;
+    if !may_control(&ctx.caller, &entry.owner) {
+        return Err(ctx
+            .caller
+            .deny(format_args!("stop services of {}", entry.owner.describe())));
+    }
+    let scope = HookScope {
+        agent_id: entry.owner.agent_id(),
+        session_id: entry.owner.session_id(),
+    };
+    ctx.kernel
+        .hooks
+        .admit(Admission::SkillStopBefore, scope, || {
+            (
+                json!({
+                    "serviceId": entry.id,
+                    "skill": entry.skill,
+                    "agentId": entry.owner.agent_id(),
+                    "sessionId": entry.owner.session_id(),
+                }),
+                json!({}),
+            )
+        })
+        .await?;
+    ctx.kernel.services.stop(&entry, "skill.stop").await;
+    let mut out = Out::new(entry.info()).targets(json!({"serviceId": entry.id}));
+    out.agent_id = entry.owner.agent_id().map(str::to_owned);
+    out.session_id = entry.owner.session_id().map(str::to_owned);
+    Ok(out)
+}
+
+async fn service_list(
+    ctx: Ctx,
+    params: ServiceListParams,
+) -> Result<Out<Vec<ServiceInfo>>, SyscallError> {
+    if let Some(skill) = &params.skill {
+        validate::text("skill", skill, 1, 64)?;
+    }
+    Ok(Out::new(ctx.kernel.services.list(&ctx.caller, &params)))
+}
+
+async fn service_get(ctx: Ctx, params: ServiceIdParams) -> Result<Out<ServiceInfo>, SyscallError> {
+    Ok(Out::new(visible_service(&ctx, &params.service_id)?.info()))
 }
 
 async fn list(ctx: Ctx, _: NoParams) -> Result<Out<Vec<SkillManifest>>, SyscallError> {

@@ -6,6 +6,7 @@ use serde_json::json;
 use super::validate::{self, Layer};
 use super::{Access, Ctx, OpKind, OpSpec, Out, SyscallError, op};
 use crate::hooks::EventName;
+use crate::services::reconcile;
 
 pub(super) fn ops() -> Vec<OpSpec> {
     vec![
@@ -87,5 +88,9 @@ async fn update(ctx: Ctx, params: SystemUpdateParams) -> Result<Out<SystemCb>, S
         None,
         json!({"revision": system.revision, "changed": changed}),
     );
+    if changed.contains(&"defaultSkills") {
+        // A changed `start` takes effect within this request.
+        reconcile::system(&ctx.kernel).await?;
+    }
     Ok(Out::new(system.clone()).revision(system.revision))
 }

@@ -157,6 +157,9 @@ error_codes! {
     StorageUnavailable = "storage.unavailable" => 503,
     /// A service did not answer within its deadline.
     Timeout = "timeout" => 504,
+    /// A service failed: it did not start, crashed, or its operation failed without
+    /// naming a more specific code.
+    ServiceFailed = "service.failed" => 502,
     /// A bug or an unexpected failure inside the kernel; details are in its log.
     Internal = "internal" => 500,
 }

@@ -433,6 +433,15 @@ pub struct IndexRefreshResult {
     pub indexed_count: u64,
     /// Skills listed with an error.
     pub error_count: u64,
+    /// Usable skills that are new since the previous scan.
+    #[serde(default)]
+    pub added: Vec<String>,
+    /// Usable skills whose files changed (their running services were restarted).
+    #[serde(default)]
+    pub changed: Vec<String>,
+    /// Skills that are gone or broke (their services were stopped).
+    #[serde(default)]
+    pub removed: Vec<String>,
 }
 
 /// `skill.get`.
@@ -527,6 +536,9 @@ pub struct HookRegistration {
     /// `admission`, `transform` or `event`.
     pub class: String,
     pub skill: String,
+    /// The registering service (`svc_…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_id: Option<String>,
     pub owner_type: OwnerType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_id: Option<String>,
