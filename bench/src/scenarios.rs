@@ -124,6 +124,37 @@ pub(crate) fn http_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// `clients` closed loops posting the same syscall `body` to the kernel's `/aoscp`
+/// with the admin token.
+pub(crate) async fn posts(
+    http: &reqwest::Client,
+    kernel: &TestKernel,
+    body: &[u8],
+    clients: usize,
+    window: Duration,
+) -> Load {
+    let url = format!("{}/aoscp", kernel.url);
+    let token = kernel.admin_token.clone();
+    let (h, body) = (http.clone(), body.to_vec());
+    closed_loop(clients, window, move |_, _| {
+        let (h, url, token, body) = (h.clone(), url.clone(), token.clone(), body.clone());
+        async move {
+            match h
+                .post(&url)
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                _ => false,
+            }
+        }
+    })
+    .await
+}
+
 /// `session.get` over HTTP with 64 concurrent clients, against `GET /health` (the same
 /// HTTP stack and connection reuse, no auth, no syscall) as the baseline.
 pub async fn http_query(plan: &Plan) -> Result<Section> {
@@ -149,30 +180,7 @@ pub async fn http_query(plan: &Plan) -> Result<Section> {
             }
         })
         .await;
-        let url = format!("{}/aoscp", kernel.url);
-        let token = kernel.admin_token.clone();
-        let h = http.clone();
-        let body = body.clone();
-        let measured = closed_loop(clients, plan.window, move |_, _| {
-            let h = h.clone();
-            let url = url.clone();
-            let token = token.clone();
-            let body = body.clone();
-            async move {
-                match h
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
-                    _ => false,
-                }
-            }
-        })
-        .await;
+        let measured = posts(&http, &kernel, &body, clients, plan.window).await;
         if round == 0 {
             continue; // warm-up
         }

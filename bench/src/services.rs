@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::Plan;
 use crate::report::{Figure, Section, percentile};
-use crate::scenarios::{closed_loop, http_client};
+use crate::scenarios::{http_client, posts};
 
 const RUST_SKILL: &str = "bench-rust";
 const PYTHON_SKILL: &str = "bench-python";
@@ -403,26 +403,7 @@ pub async fn service_syscalls(plan: &Plan) -> Result<Section> {
         };
         let over_socket =
             load["count"].as_f64().unwrap_or(0.0) / load["seconds"].as_f64().unwrap_or(1.0);
-        let url = format!("{}/aoscp", kernel.url);
-        let token = kernel.admin_token.clone();
-        let (h, body) = (http.clone(), body.clone());
-        let over_http = closed_loop(concurrency, plan.window, move |_, _| {
-            let (h, url, token, body) = (h.clone(), url.clone(), token.clone(), body.clone());
-            async move {
-                match h
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
-                    _ => false,
-                }
-            }
-        })
-        .await;
+        let over_http = posts(&http, &kernel, &body, concurrency, plan.window).await;
         if round == 0 {
             continue;
         }

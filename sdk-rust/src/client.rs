@@ -154,52 +154,35 @@ impl Client {
     /// `GET /aoscp`: every operation the kernel routes, its own and those services
     /// registered.
     pub async fn operations(&self) -> Result<Vec<crate::protocol::OpDescription>, ClientError> {
-        let url = format!("{}/aoscp", self.base_url);
-        let response = self
-            .authorized(self.http.get(&url))
-            .send()
-            .await
-            .map_err(|source| ClientError::Connect {
-                url: url.clone(),
-                source,
-            })?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Connect {
-                url: url.clone(),
-                source,
-            })?;
-        serde_json::from_slice(&bytes).map_err(|_| ClientError::Http {
-            url,
-            status,
-            body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
-        })
+        self.get_json("/aoscp", true).await
     }
 
     /// `GET /health` (needs no token).
     pub async fn health(&self) -> Result<Health, ClientError> {
-        let url = format!("{}/health", self.base_url);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|source| ClientError::Connect {
-                url: url.clone(),
-                source,
-            })?;
+        self.get_json("/health", false).await
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        with_token: bool,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base_url);
+        let request = self.http.get(&url);
+        let request = if with_token {
+            self.authorized(request)
+        } else {
+            request
+        };
+        let connect = |source| ClientError::Connect {
+            url: url.clone(),
+            source,
+        };
+        let response = request.send().await.map_err(connect)?;
         let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Connect {
-                url: url.clone(),
-                source,
-            })?;
+        let bytes = response.bytes().await.map_err(connect)?;
         serde_json::from_slice(&bytes).map_err(|_| ClientError::Http {
-            url,
+            url: url.clone(),
             status,
             body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
         })

@@ -397,10 +397,9 @@ fn register(
     };
     kernel.services.ops.replace(&entry.id, routes);
     entry.set_registered(result.clone());
-    kernel.emit(
+    entry.announce(
+        kernel,
         EventName::ServiceRegistered,
-        entry.owner.agent_id(),
-        entry.owner.session_id(),
         json!({
             "serviceId": entry.id,
             "skill": entry.skill,

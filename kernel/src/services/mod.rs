@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::auth::{Caller, Owner};
 use crate::events::name_matches;
+use crate::hooks::EventName;
 use crate::ids::new_id;
 use crate::kernel::Kernel;
 use crate::syscall::SyscallError;
@@ -132,6 +133,16 @@ impl ServiceEntry {
 
     pub fn set_origin(&self, origin: StartOrigin) {
         *self.origin.lock().unwrap_or_else(|p| p.into_inner()) = origin;
+    }
+
+    /// Publishes an event about this service, scoped to its owner.
+    pub(crate) fn announce(&self, kernel: &Kernel, event: EventName, payload: serde_json::Value) {
+        kernel.emit(
+            event,
+            self.owner.agent_id(),
+            self.owner.session_id(),
+            payload,
+        );
     }
 
     /// The caller a service acts as when it makes syscalls.

@@ -94,18 +94,16 @@ pub async fn run_spawned(
                     s.last_error = Some(message.clone());
                     s.pid = None;
                 });
-                kernel.emit(
+                entry.announce(
+                    &kernel,
                     EventName::ServiceError,
-                    entry.owner.agent_id(),
-                    entry.owner.session_id(),
                     json!({"serviceId": entry.id, "skill": entry.skill, "message": message, "exitCode": exit_code}),
                 );
                 let next = if crashes.len() > MAX_CRASHES {
                     entry.set_state(ServiceState::Failed);
-                    kernel.emit(
+                    entry.announce(
+                        &kernel,
                         EventName::ServiceFailed,
-                        entry.owner.agent_id(),
-                        entry.owner.session_id(),
                         json!({"serviceId": entry.id, "skill": entry.skill, "crashes": crashes.len(), "lastError": message}),
                     );
                     control.recv().await
@@ -115,10 +113,9 @@ pub async fn run_spawned(
                         s.state = ServiceState::Restarting;
                         s.restarts += 1;
                     });
-                    kernel.emit(
+                    entry.announce(
+                        &kernel,
                         EventName::ServiceRestarting,
-                        entry.owner.agent_id(),
-                        entry.owner.session_id(),
                         json!({"serviceId": entry.id, "skill": entry.skill, "restarts": entry.info().restarts, "delayMs": delay.as_millis() as u64, "reason": message}),
                     );
                     tokio::select! {
@@ -162,10 +159,9 @@ fn stopped(kernel: &Kernel, entry: &ServiceEntry, reason: &str) {
         s.state = ServiceState::Stopped;
         s.pid = None;
     });
-    kernel.emit(
+    entry.announce(
+        kernel,
         EventName::SkillStopAfter,
-        entry.owner.agent_id(),
-        entry.owner.session_id(),
         json!({
             "serviceId": entry.id,
             "skill": entry.skill,
@@ -366,10 +362,9 @@ async fn graceful_stop(peer: &Peer, child: &mut ServiceProcess, reason: &str) {
 }
 
 fn announce_start(kernel: &Kernel, entry: &ServiceEntry, pid: Option<u32>, cause: &str) {
-    kernel.emit(
+    entry.announce(
+        kernel,
         EventName::SkillStartAfter,
-        entry.owner.agent_id(),
-        entry.owner.session_id(),
         json!({
             "serviceId": entry.id,
             "skill": entry.skill,
