@@ -66,6 +66,8 @@ pub struct KernelConfig {
     /// first on services' `PATH` (so they find the `aos` CLI). Default: the directory
     /// of the running executable.
     pub service_bin_dirs: Vec<PathBuf>,
+    /// The default LLM provider from `AOS_LLM_*` variables, over `aoscb.json`.
+    pub llm_env: Option<crate::react::llm::EnvProvider>,
     pub limits: Limits,
 }
 
@@ -88,6 +90,7 @@ impl KernelConfig {
                 .and_then(|exe| exe.parent().map(PathBuf::from))
                 .into_iter()
                 .collect(),
+            llm_env: None,
             limits: Limits::default(),
         }
     }

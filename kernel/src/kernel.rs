@@ -28,6 +28,7 @@ use crate::config::KernelConfig;
 use crate::events::{EventBus, Published};
 use crate::hooks::{EventName, HookEngine};
 use crate::ids::{new_id, new_token_secret};
+use crate::react::Dispatcher;
 use crate::runtime_log::RuntimeLog;
 use crate::services::{ServicePaths, Services, reconcile};
 use crate::sessions::recovery;
@@ -86,6 +87,7 @@ pub struct Kernel {
     pub auth: Auth,
     pub log: RuntimeLog,
     pub services: Services,
+    pub dispatcher: Dispatcher,
     watcher: Mutex<Option<Watcher>>,
     pub started: Instant,
     pub shutdown: CancellationToken,
@@ -330,6 +332,7 @@ impl Running {
             }
         }
         kernel.shutdown.cancel();
+        kernel.dispatcher.shutdown(drain_limit).await;
         drop(
             kernel
                 .watcher
@@ -407,6 +410,7 @@ pub async fn start(config: KernelConfig) -> Result<Running, StartError> {
         registry: Registry::standard(),
         auth: Auth::new(&admin_secret),
         services: Services::new(paths),
+        dispatcher: Dispatcher::new(config.llm_env.clone()),
         watcher: Mutex::new(None),
         node_id,
         store,
@@ -489,6 +493,16 @@ fn prepare_service_dirs(home: &Path, config: &KernelConfig) -> Result<ServicePat
         }
     }
     crate::services::python::install(&python_path).map_err(err(&python_path))?;
+    // Bash commands a killed kernel left running end now.
+    let bash_dir = run_dir.join("bash");
+    fs::create_dir_all(&bash_dir).map_err(err(&bash_dir))?;
+    let killed = crate::react::bash::kill_leftovers(&bash_dir);
+    if killed > 0 {
+        tracing::warn!(
+            killed,
+            "killed bash commands left running by the previous kernel"
+        );
+    }
     Ok(ServicePaths {
         run_dir,
         data_dir,
@@ -568,6 +582,8 @@ async fn init_system(kernel: &Arc<Kernel>) -> Result<(), StartError> {
                     max_turns: DEFAULT_MAX_TURNS,
                     default_model: None,
                     providers: Vec::new(),
+                    bash: Default::default(),
+                    dispatch_timeout_ms: aos_sdk::protocol::DEFAULT_DISPATCH_TIMEOUT_MS,
                     revision: 1,
                     created_at: now,
                     updated_at: now,

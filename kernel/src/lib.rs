@@ -13,6 +13,7 @@ pub mod events;
 pub mod hooks;
 pub mod ids;
 pub mod kernel;
+pub mod react;
 pub mod runtime_log;
 pub mod services;
 pub mod sessions;

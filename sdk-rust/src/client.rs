@@ -252,6 +252,79 @@ impl Client {
         Ok(stream)
     }
 
+    /// Starts a dispatch: `session.dispatch` with a user message. `queue` waits behind a
+    /// running dispatch instead of failing with `session.busy`.
+    pub async fn dispatch(
+        &self,
+        session_id: &str,
+        content: &str,
+        queue: bool,
+    ) -> Result<crate::protocol::DispatchStarted, ClientError> {
+        let mut params = serde_json::json!({
+            "sessionId": session_id,
+            "message": {"role": "user", "content": content},
+        });
+        if queue {
+            params["ifBusy"] = Value::String("queue".into());
+        }
+        self.call_ok("session.dispatch", params).await
+    }
+
+    /// `GET /dispatches/{id}/stream`: the dispatch's events from its start, ending after
+    /// `done`.
+    pub async fn dispatch_events(
+        &self,
+        dispatch_id: &str,
+    ) -> Result<impl Stream<Item = Result<crate::protocol::StreamEvent, ClientError>>, ClientError>
+    {
+        let url = format!("{}/dispatches/{dispatch_id}/stream", self.base_url);
+        let response = self
+            .authorized(self.http.get(&url))
+            .send()
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: url.clone(),
+                source,
+            })?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let bytes = response.bytes().await.unwrap_or_default();
+            if let Ok(envelope) = serde_json::from_slice::<Envelope>(&bytes)
+                && let Some(error) = envelope.error
+            {
+                return Err(ClientError::Syscall(error));
+            }
+            return Err(ClientError::Http {
+                url,
+                status,
+                body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+            });
+        }
+        let decode_url = url.clone();
+        Ok(
+            eventsource_stream::EventStream::new(response.bytes_stream()).filter_map(move |item| {
+                let url = decode_url.clone();
+                async move {
+                    match item {
+                        Ok(sse) if sse.data.is_empty() => None,
+                        Ok(sse) => Some(
+                            crate::protocol::StreamEvent::from_sse(&sse.event, &sse.data).map_err(
+                                |e| ClientError::Decode {
+                                    url,
+                                    message: format!("event `{}`: {e}", sse.event),
+                                },
+                            ),
+                        ),
+                        Err(e) => Some(Err(ClientError::Decode {
+                            url,
+                            message: e.to_string(),
+                        })),
+                    }
+                }
+            }),
+        )
+    }
+
     fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.token {
             Some(token) => request.bearer_auth(token),

@@ -11,6 +11,8 @@
 // Test support: failing loudly with context is the point, so unwrap/expect are fine.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod llm;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -586,3 +586,105 @@ fn default_services_start_with_the_daemon_and_never_outlive_it() {
         "a graceful stop left services running: {second:?}"
     );
 }
+
+#[test]
+fn kill_9_mid_dispatch_then_restart_leaves_the_session_idle_and_usable() {
+    use aos_tests::llm::{Reply, ScriptedLlm};
+    let llm = ScriptedLlm::start();
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("aoscb.json"),
+        serde_json::to_string(&json!({
+            "defaultSkills": [{"name": "aos", "load": "enable", "pinned": true}],
+            "providers": [{"name": "scripted", "baseUrl": llm.base_url}],
+            "defaultModel": "scripted/m",
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let rt = runtime();
+    let mut kernel = SpawnedKernel::start(dir.path());
+    let (agent, session) = rt.block_on(kernel.admin.agent_and_session());
+    llm.push([Reply::bash("echo $$ > shell.pid; sleep 600")]);
+    let started = rt
+        .block_on(kernel.admin.client.dispatch(&session, "work", false))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let pid_file = dir
+        .path()
+        .join(".aos/workspaces")
+        .join(&agent)
+        .join("shell.pid");
+    let shell: u64 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let user_seq = started.user_message_seq.unwrap();
+    kernel.signal(Signal::SIGKILL);
+    kernel
+        .wait_exit(Duration::from_secs(10))
+        .expect("the kernel died");
+    drop(kernel);
+
+    assert!(alive(shell), "the command died with the kernel by itself");
+    let kernel = SpawnedKernel::start(dir.path());
+    // The new kernel ended the command the killed one left running.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while alive(shell) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphaned command survived the restart"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rt.block_on(async {
+        let api = &kernel.admin;
+        let session_cb = api.ok("session.get", json!({"sessionId": session})).await;
+        assert_eq!(session_cb["phase"], "idle");
+        assert!(session_cb.get("lease").is_none());
+        let history = api
+            .ok(
+                "session.history.list",
+                json!({"sessionId": session, "limit": 1000}),
+            )
+            .await;
+        let items = history["items"].as_array().unwrap();
+        // The acknowledged user message is there, followed by the restart's interrupt.
+        assert!(
+            items
+                .iter()
+                .any(|m| m["seq"] == user_seq && m["parts"][0]["text"] == "work")
+        );
+        let last = items.last().unwrap();
+        assert_eq!(last["parts"][0]["type"], "interrupt");
+        assert_eq!(last["parts"][0]["reason"], "kernel restarted");
+        let record = api
+            .ok("dispatch.get", json!({"dispatchId": started.dispatch_id}))
+            .await;
+        assert_eq!(record["status"], "interrupted");
+        llm.push([Reply::text("fresh start")]);
+        let again = api.client.dispatch(&session, "again", false).await.unwrap();
+        let events: Vec<_> = futures::StreamExt::collect::<Vec<_>>(
+            api.client
+                .dispatch_events(&again.dispatch_id)
+                .await
+                .unwrap(),
+        )
+        .await;
+        match events.last() {
+            Some(Ok(aos_sdk::protocol::StreamEvent::Done(done))) => {
+                assert_eq!(done.answer.as_deref(), Some("fresh start"))
+            }
+            other => panic!("{other:?}"),
+        }
+    });
+}

@@ -6,6 +6,7 @@
 //! over it is refused before a byte is read, and a chunked body is cut off as soon as
 //! it passes it, so a hostile client cannot make the kernel buffer more than the limit.
 
+mod dispatch;
 mod events;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub fn router(kernel: Arc<Kernel>) -> Router {
         .route("/aoscp", post(aoscp).get(list_ops))
         .route("/events", get(events::stream))
         .route("/services", get(crate::services::websocket::upgrade))
+        .route("/dispatches/{id}/stream", get(dispatch::stream))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(kernel)
@@ -195,7 +197,7 @@ async fn read_body(request: Request, limit: usize) -> Result<Bytes, SyscallError
 
 async fn unknown_route(request: Request) -> Response {
     let message = format!(
-        "no route {} {}; the API is POST /aoscp, GET /aoscp, GET /events, GET /services (WebSocket) and GET /health",
+        "no route {} {}; the API is POST /aoscp, GET /aoscp, GET /events, GET /dispatches/{{id}}/stream, GET /services (WebSocket) and GET /health",
         request.method(),
         request.uri().path()
     );

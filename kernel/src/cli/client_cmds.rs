@@ -29,6 +29,8 @@ pub(super) enum ClientCommand {
     Token(TokenCmd),
     Events(EventsArgs),
     Log(LogArgs),
+    Run(super::dispatch_cmds::RunArgs),
+    Chat(super::dispatch_cmds::ChatArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -389,6 +391,8 @@ pub(super) async fn run(client: &Client, global: &Global, command: ClientCommand
         ClientCommand::Session(cmd) => session(client, global, cmd).await,
         ClientCommand::Skill(cmd) => skill(client, global, cmd).await,
         ClientCommand::Service(cmd) => service(client, global, cmd).await,
+        ClientCommand::Run(args) => super::dispatch_cmds::run(client, global, args).await,
+        ClientCommand::Chat(args) => super::dispatch_cmds::chat(client, args).await,
         ClientCommand::Content(cmd) => content(client, global, cmd).await,
         ClientCommand::Token(cmd) => token(client, global, cmd).await,
         ClientCommand::Events(args) => events(client, args).await,

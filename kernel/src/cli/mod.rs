@@ -22,6 +22,7 @@ macro_rules! say_raw {
 }
 
 mod client_cmds;
+mod dispatch_cmds;
 mod output;
 mod up;
 
@@ -117,6 +118,10 @@ enum Command {
     /// Issue, list and revoke tokens.
     #[command(subcommand)]
     Token(client_cmds::TokenCmd),
+    /// Run an agent on one task and print its final answer (progress on stderr).
+    Run(dispatch_cmds::RunArgs),
+    /// Chat with an agent: each line a dispatch, answers streamed as they come.
+    Chat(dispatch_cmds::ChatArgs),
     /// Stream runtime events as JSON lines.
     Events(client_cmds::EventsArgs),
     /// Show RuntimeLog entries.
@@ -205,6 +210,8 @@ fn command_into(command: Command) -> client_cmds::ClientCommand {
         Command::Content(cmd) => C::Content(cmd),
         Command::Token(cmd) => C::Token(cmd),
         Command::Events(args) => C::Events(args),
+        Command::Run(args) => C::Run(args),
+        Command::Chat(args) => C::Chat(args),
         Command::Log(args) => C::Log(args),
         Command::Up(_) | Command::Syscalls { .. } | Command::Hooks { .. } | Command::Version => {
             C::Status

@@ -497,3 +497,21 @@ pub fn log(entries: &[LogEntry]) {
         &rows,
     );
 }
+
+/// A tool result for the terminal: its first lines, indented, and why it failed.
+pub fn indent_preview(preview: &str, error: Option<&str>) -> String {
+    const LINES: usize = 12;
+    let mut out: Vec<String> = preview
+        .lines()
+        .take(LINES)
+        .map(|l| format!("  {}", clip(l, 200)))
+        .collect();
+    let total = preview.lines().count();
+    if total > LINES {
+        out.push(format!("  … {} more lines", total - LINES));
+    }
+    if let Some(error) = error {
+        out.push(format!("  [{error}]"));
+    }
+    out.join("\n")
+}

@@ -53,6 +53,22 @@ pub struct UpArgs {
     /// Log format on stderr.
     #[arg(long, env = "AOS_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Base URL of an OpenAI-compatible endpoint for the default provider (`env`),
+    /// e.g. http://127.0.0.1:11434/v1 (Ollama).
+    #[arg(long, env = "AOS_LLM_BASE_URL")]
+    llm_base_url: Option<String>,
+    /// Its model (the default model becomes `env/<model>`).
+    #[arg(long, env = "AOS_LLM_MODEL")]
+    llm_model: Option<String>,
+    /// How it is asked for tool calls.
+    #[arg(long, env = "AOS_LLM_TOOL_MODE", value_enum, default_value = "native")]
+    llm_tool_mode: ToolModeArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ToolModeArg {
+    Native,
+    Json,
 }
 
 pub fn run(global: &Global, args: UpArgs, shutdown: ShutdownSignal) -> ExitCode {
@@ -78,6 +94,33 @@ pub fn run(global: &Global, args: UpArgs, shutdown: ShutdownSignal) -> ExitCode 
     config.admin_token = global.token.clone();
     config.system_file = system_file;
     config.database_url = args.database_url;
+    config.llm_env = match (args.llm_base_url, args.llm_model) {
+        (Some(base_url), Some(model)) => Some(crate::react::llm::EnvProvider {
+            base_url,
+            model,
+            // The key is read from the environment only, never from a flag.
+            api_key: std::env::var("AOS_LLM_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty()),
+            tool_mode: match args.llm_tool_mode {
+                ToolModeArg::Native => aos_sdk::protocol::ToolMode::Native,
+                ToolModeArg::Json => aos_sdk::protocol::ToolMode::Json,
+            },
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            eprintln!(
+                "aos: AOS_LLM_BASE_URL is set but AOS_LLM_MODEL is not: name the model to use"
+            );
+            return ExitCode::from(2);
+        }
+        (None, Some(_)) => {
+            eprintln!(
+                "aos: AOS_LLM_MODEL is set but AOS_LLM_BASE_URL is not: name the endpoint (e.g. http://127.0.0.1:11434/v1)"
+            );
+            return ExitCode::from(2);
+        }
+    };
     config.sqlite_sync = match args.sqlite_sync {
         Sync::Normal => SyncMode::Normal,
         Sync::Full => SyncMode::Full,

@@ -165,7 +165,10 @@ hooks!(EventName, HookClass::Event, {
         "a message was written to history", "agentId, sessionId, message, seq", "";
     ContextAfterTurn = "context.afterTurn", ALL_OWNERS,
         "a ReAct turn completed", "agentId, sessionId, dispatchId, turnIndex, toolCalls, appendedCount, finalAnswer", "";
-    ComputeAfter = "compute.after", ALL_OWNERS, "a model call finished", "agentId, sessionId, dispatchId, usage", "";
+    ComputeWaiting = "compute.waiting", ALL_OWNERS,
+        "a model call waits for its provider's compute gate", "agentId, sessionId, dispatchId, provider, position, priority", "";
+    ComputeAfter = "compute.after", ALL_OWNERS,
+        "a model call finished", "agentId, sessionId, dispatchId, model, usage, turn, toolCalls, retries", "";
     ServiceError = "service.error", ALL_OWNERS,
         "a service crashed, timed out or failed a hook", "serviceId?, skill, hook?, message, exitCode?", "";
     ServiceRegistered = "service.registered", ALL_OWNERS,

@@ -5,17 +5,58 @@
 
 use std::sync::Arc;
 
-use aos_sdk::protocol::{Origin, PartBody, Role, SessionPhase, SessionStatus, Timestamp};
+use aos_sdk::protocol::{
+    DispatchStatus, ErrorBody, ErrorCode, Origin, PartBody, Role, SessionPhase, SessionStatus,
+    Timestamp,
+};
 use serde_json::json;
 
 use super::bootstrap;
 use crate::hooks::EventName;
 use crate::kernel::Kernel;
+use crate::store::ListQuery;
 use crate::syscall::{AppendRequest, SyscallError, append_message};
+
+/// Ends the dispatch records a previous run left `running` or `queued`: a dispatch
+/// does not survive a kernel restart (its session gets the interrupt fact below).
+async fn settle_dispatches(kernel: &Arc<Kernel>) -> Result<(), SyscallError> {
+    for status in [DispatchStatus::Running, DispatchStatus::Queued] {
+        loop {
+            let page = kernel
+                .store
+                .list_dispatches(
+                    None,
+                    Some(status),
+                    &ListQuery {
+                        after: None,
+                        limit: 500,
+                    },
+                )
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            for mut dispatch in page {
+                dispatch.status = DispatchStatus::Interrupted;
+                dispatch.ended_at = Some(Timestamp::now());
+                dispatch.error = Some(ErrorBody::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "the kernel restarted while this dispatch was {}",
+                        status.as_str()
+                    ),
+                ));
+                kernel.store.save_dispatch(&dispatch).await?;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Recovers every unsettled session. A session that cannot be recovered is reported
 /// (`session.error`, source `recovery`) and left as it is; it never blocks start-up.
 pub async fn recover(kernel: &Arc<Kernel>) -> Result<(), SyscallError> {
+    settle_dispatches(kernel).await?;
     let sessions = kernel.store.sessions_needing_recovery().await?;
     let now = Timestamp::now();
     for session in sessions {

@@ -62,6 +62,8 @@ pub async fn system_block_uses_revisions(store: Arc<dyn Store>) {
         max_turns: 50,
         default_model: None,
         providers: vec![],
+        bash: Default::default(),
+        dispatch_timeout_ms: 60_000,
         revision: 1,
         created_at: now,
         updated_at: now,
@@ -461,6 +463,10 @@ pub async fn dispatches_round_trip(store: Arc<dyn Store>) {
         turns: 0,
         usage: Usage::default(),
         error: None,
+        model: Some("local/m".into()),
+        user_message_seq: Some(4),
+        final_message_seq: None,
+        waiting: None,
     };
     store.insert_dispatch(&dispatch).await.unwrap();
     dispatch.status = DispatchStatus::Done;

@@ -7,6 +7,7 @@
 
 mod agent;
 mod content;
+mod dispatch;
 mod docs;
 mod history;
 mod misc;
@@ -398,6 +399,7 @@ impl Registry {
             .into_iter()
             .chain(agent::ops())
             .chain(session::ops())
+            .chain(dispatch::ops())
             .chain(history::ops())
             .chain(content::ops())
             .chain(skill::ops())

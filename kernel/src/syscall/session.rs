@@ -3,10 +3,10 @@
 //! passes `session.message.beforeWrite` and announces itself with `context.ingest`.
 
 use aos_sdk::protocol::{
-    Appended, BashState, ContextRefParams, DispatchIdParams, DispatchListParams, ErrorCode,
-    Message, MessageInput, Origin, Page, Part, PartBody, Role, SessionAppendParams, SessionCb,
-    SessionCreateParams, SessionDispatchParams, SessionIdParams, SessionInterruptParams,
-    SessionListParams, SessionPhase, SessionStatus, SessionUpdateParams, Timestamp,
+    Appended, BashState, ContextRefParams, ErrorCode, Message, MessageInput, Origin, Page, Part,
+    PartBody, Role, SessionAppendParams, SessionCb, SessionCreateParams, SessionIdParams,
+    SessionInterruptParams, SessionListParams, SessionPhase, SessionStatus, SessionUpdateParams,
+    Timestamp,
 };
 use serde_json::{Value, json};
 
@@ -19,7 +19,6 @@ use crate::services::reconcile;
 use crate::sessions::bootstrap;
 use crate::store::{ListQuery, NewMessage};
 
-const REACT: &str = "the ReActUnit (dispatch, providers, compute gate)";
 const CONTEXT: &str = "the context engine skill (aos-context)";
 
 pub(super) fn ops() -> Vec<OpSpec> {
@@ -91,16 +90,6 @@ pub(super) fn ops() -> Vec<OpSpec> {
             "Archive a session: history stays readable, changes are refused. Refused while a dispatch holds the lease.",
             archive,
         ),
-        not_yet::<SessionDispatchParams>(
-            "session.dispatch",
-            OpKind::Command,
-            Access::Session {
-                field: "sessionId",
-                write: true,
-            },
-            "Run the agent on a user message; returns a dispatchId at once (stream it at GET /dispatches/{id}/stream).",
-            REACT,
-        ),
         not_yet::<SessionIdParams>(
             "session.compact",
             OpKind::Command,
@@ -109,16 +98,6 @@ pub(super) fn ops() -> Vec<OpSpec> {
                 write: true,
             },
             "Compact the session's context: append a marker/summary boundary and reinject skills.",
-            CONTEXT,
-        ),
-        not_yet::<SessionIdParams>(
-            "session.context.get",
-            OpKind::Query,
-            Access::Session {
-                field: "sessionId",
-                write: false,
-            },
-            "Describe the session's current context projection.",
             CONTEXT,
         ),
         not_yet::<ContextRefParams>(
@@ -142,16 +121,6 @@ pub(super) fn ops() -> Vec<OpSpec> {
             CONTEXT,
         ),
         not_yet::<SessionIdParams>(
-            "session.context.rebuild",
-            OpKind::Query,
-            Access::Session {
-                field: "sessionId",
-                write: false,
-            },
-            "Rebuild the context projection from history.",
-            CONTEXT,
-        ),
-        not_yet::<SessionIdParams>(
             "session.context.compact",
             OpKind::Command,
             Access::Session {
@@ -160,20 +129,6 @@ pub(super) fn ops() -> Vec<OpSpec> {
             },
             "Same as session.compact.",
             CONTEXT,
-        ),
-        not_yet::<DispatchIdParams>(
-            "dispatch.get",
-            OpKind::Query,
-            Access::Scoped,
-            "Read a dispatch record: status, queue position, turns, usage, error.",
-            REACT,
-        ),
-        not_yet::<DispatchListParams>(
-            "dispatch.list",
-            OpKind::Query,
-            Access::Scoped,
-            "List dispatches, optionally of one session or status.",
-            REACT,
         ),
     ]
 }
@@ -636,6 +591,11 @@ async fn interrupt(
         },
     )
     .await?;
+    // The fact first, then the stop: the loop ends without writing anything more.
+    let stopped = ctx.kernel.dispatcher.interrupt(
+        &session.session_id,
+        crate::react::StopReason::Interrupt(params.reason.clone()),
+    );
     ctx.kernel.emit(
         EventName::SessionInterrupted,
         Some(&session.agent_id),
@@ -646,6 +606,7 @@ async fn interrupt(
             "reason": params.reason,
             "seq": message.seq,
             "by": ctx.caller.identity(),
+            "dispatchId": stopped,
         }),
     );
     Ok(Out::new(Appended {

@@ -2,12 +2,14 @@
 //!
 //! Nothing in this module does I/O. Field names are camelCase on the wire.
 
+pub mod dispatch;
 mod envelope;
 pub mod ops;
 pub mod records;
 pub mod service;
 mod time;
 
+pub use dispatch::*;
 pub use envelope::{Envelope, ErrorBody, ErrorCode};
 pub use ops::*;
 pub use records::*;

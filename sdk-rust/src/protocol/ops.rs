@@ -61,6 +61,9 @@ pub struct SystemUpdateParams {
     #[schemars(with = "Option<String>")]
     pub default_model: Option<Option<String>>,
     pub providers: Option<Vec<ProviderConfig>>,
+    pub bash: Option<super::BashSettings>,
+    /// 1000 to 86400000.
+    pub dispatch_timeout_ms: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -272,7 +275,10 @@ pub struct SessionDispatchParams {
     pub message: DispatchMessage,
     /// What to do when the session is already running a dispatch (default `reject`).
     pub if_busy: Option<IfBusy>,
+    /// Compute-gate priority (higher first); default the session's, else the agent's.
     pub priority: Option<i32>,
+    /// Longest this dispatch may run (1000 to the system's `dispatchTimeoutMs`).
+    pub deadline_ms: Option<u64>,
 }
 
 /// The user message that starts a dispatch.
@@ -641,6 +647,19 @@ pub struct DispatchListParams {
     pub status: Option<DispatchStatus>,
     pub cursor: Option<String>,
     pub limit: Option<u32>,
+}
+
+/// What `session.context.get` / `session.context.rebuild` show: the messages the model
+/// would get next (after `context.assemble`), without the system prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContextView {
+    pub session_id: String,
+    /// Chat messages in the OpenAI format.
+    pub messages: Vec<Value>,
+    pub estimated_tokens: u64,
+    /// Seq of the newest history message included.
+    pub last_seq: u64,
 }
 
 /// `session.context.fold` / `unfold`: a history message, or one part of it.

@@ -47,9 +47,22 @@ pub struct SystemCb {
     /// LLM providers (OpenAI-compatible endpoints).
     #[serde(default)]
     pub providers: Vec<ProviderConfig>,
+    /// How bash commands run.
+    #[serde(default)]
+    pub bash: super::BashSettings,
+    /// Longest a dispatch may run, in milliseconds (a dispatch may ask for less).
+    #[serde(default = "default_dispatch_timeout")]
+    pub dispatch_timeout_ms: u64,
     pub revision: u64,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+/// Default longest run of a dispatch: 30 minutes.
+pub const DEFAULT_DISPATCH_TIMEOUT_MS: u64 = 30 * 60 * 1000;
+
+fn default_dispatch_timeout() -> u64 {
+    DEFAULT_DISPATCH_TIMEOUT_MS
 }
 
 /// One OpenAI-compatible LLM endpoint.
@@ -582,6 +595,18 @@ pub struct Dispatch {
     pub usage: Usage,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
+    /// The model of its last call (`provider/model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Seq of the user message that started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_message_seq: Option<u64>,
+    /// Seq of the newest message it wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_message_seq: Option<u64>,
+    /// While it waits for the compute gate: where (never stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<super::GateWait>,
 }
 
 /// One row of the RuntimeLog: a command the kernel executed.

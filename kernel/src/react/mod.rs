@@ -1,0 +1,589 @@
+//! The ReActUnit: dispatches of an agent (an LLM with one tool, bash) on a session.
+//!
+//! [`Dispatcher`] owns the mechanism around the loop: one running dispatch per session
+//! (a lease with a TTL, renewed while it runs) and a FIFO run queue behind it, the
+//! stream of each dispatch (`GET /dispatches/{id}/stream`), interrupts, deadlines and
+//! shutdown. The loop itself is in [`run`]; providers in [`llm`]; the compute gate in
+//! [`gate`]; the bash executor in [`bash`]; the neutral context in [`projection`].
+
+pub mod bash;
+pub mod gate;
+pub mod llm;
+pub mod projection;
+mod run;
+pub mod stream;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aos_sdk::protocol::{
+    Dispatch, DispatchStarted, DispatchStatus, ErrorCode, GateWait, Lease, Origin, SessionCb,
+    SessionPhase, SessionStatus, Timestamp, Usage,
+};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Caller;
+use crate::hooks::EventName;
+use crate::ids::new_id;
+use crate::kernel::Kernel;
+use crate::syscall::SyscallError;
+pub use stream::DispatchStream;
+
+/// Lease lifetime; a running dispatch renews it every [`LEASE_RENEW`].
+pub const LEASE_TTL: Duration = Duration::from_secs(60);
+pub const LEASE_RENEW: Duration = Duration::from_secs(20);
+/// Finished dispatch streams kept for late readers.
+const KEPT_STREAMS: usize = 512;
+
+/// Why a dispatch was stopped from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    Interrupt(String),
+    Deadline,
+    Shutdown,
+    LeaseLost,
+}
+
+/// A dispatch waiting in its session's run queue, or about to run.
+#[derive(Debug, Clone)]
+pub(crate) struct Work {
+    pub dispatch: Dispatch,
+    pub content: String,
+    pub origin: Origin,
+    pub deadline: Duration,
+}
+
+/// Stops one dispatch from outside, and remembers why.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Stopper {
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+}
+
+impl Stopper {
+    /// Stops it; the first reason given wins.
+    pub fn stop(&self, reason: StopReason) {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(reason);
+        self.cancel.cancel();
+    }
+
+    /// Why it was stopped, once it was.
+    pub fn stopped(&self) -> Option<StopReason> {
+        if !self.cancel.is_cancelled() {
+            return None;
+        }
+        Some(
+            self.reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or(StopReason::Interrupt("interrupted".into())),
+        )
+    }
+
+    pub fn token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+}
+
+#[derive(Debug)]
+struct Active {
+    dispatch_id: String,
+    stopper: Stopper,
+}
+
+#[derive(Default)]
+struct Streams {
+    by_id: HashMap<String, Arc<DispatchStream>>,
+    finished: VecDeque<String>,
+}
+
+#[derive(Debug, Default)]
+struct SessionRuns {
+    running: Option<Active>,
+    queue: VecDeque<Work>,
+}
+
+/// Dispatches of this kernel.
+pub struct Dispatcher {
+    // Locked per decision, never across an `.await`.
+    sessions: Mutex<HashMap<String, SessionRuns>>,
+    streams: Mutex<Streams>,
+    pub gate: Arc<gate::ComputeGate>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) env_provider: Option<llm::EnvProvider>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    pub fn new(env_provider: Option<llm::EnvProvider>) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(1024)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            streams: Mutex::new(Streams::default()),
+            gate: Arc::new(gate::ComputeGate::default()),
+            http,
+            env_provider,
+        }
+    }
+
+    /// The stream of a dispatch this kernel ran recently.
+    pub fn stream(&self, dispatch_id: &str) -> Option<Arc<DispatchStream>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_id
+            .get(dispatch_id)
+            .cloned()
+    }
+
+    fn new_stream(&self, dispatch_id: &str) -> Arc<DispatchStream> {
+        let stream = Arc::new(DispatchStream::default());
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_id
+            .insert(dispatch_id.to_owned(), stream.clone());
+        stream
+    }
+
+    /// Remembers that a stream finished, forgetting the oldest finished ones.
+    pub(crate) fn finished_stream(&self, dispatch_id: &str) {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        streams.finished.push_back(dispatch_id.to_owned());
+        while streams.finished.len() > KEPT_STREAMS {
+            if let Some(old) = streams.finished.pop_front() {
+                streams.by_id.remove(&old);
+            }
+        }
+    }
+
+    /// The running dispatch of a session, if this kernel runs one.
+    pub fn running(&self, session_id: &str) -> Option<String> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(session_id)
+            .and_then(|s| s.running.as_ref().map(|a| a.dispatch_id.clone()))
+    }
+
+    /// Adds runtime facts (gate position) to a stored record.
+    pub fn enrich(&self, mut dispatch: Dispatch) -> Dispatch {
+        if dispatch.status == DispatchStatus::Running
+            && let Some((provider, position)) = self.gate.position(&dispatch.dispatch_id)
+        {
+            dispatch.waiting = Some(GateWait {
+                provider,
+                position: position.position,
+                waiting_ms: position.waiting.as_millis() as u64,
+            });
+        }
+        if dispatch.status == DispatchStatus::Queued {
+            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(runs) = sessions.get(&dispatch.session_id)
+                && let Some(index) = runs
+                    .queue
+                    .iter()
+                    .position(|w| w.dispatch.dispatch_id == dispatch.dispatch_id)
+            {
+                dispatch.waiting = Some(GateWait {
+                    provider: "session".to_owned(),
+                    position: index as u32 + 1,
+                    waiting_ms: Timestamp::now()
+                        .as_millis()
+                        .saturating_sub(dispatch.queued_at.as_millis())
+                        as u64,
+                });
+            }
+        }
+        dispatch
+    }
+
+    /// Starts a dispatch on an idle session, or queues it behind the running one.
+    pub(crate) async fn submit(
+        &self,
+        kernel: &Arc<Kernel>,
+        session: &SessionCb,
+        work: Work,
+        queue: bool,
+    ) -> Result<DispatchStarted, SyscallError> {
+        let session_id = session.session_id.clone();
+        let dispatch_id = work.dispatch.dispatch_id.clone();
+        // Decide under the lock: run now, queue, or refuse.
+        let position = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let runs = sessions.entry(session_id.clone()).or_default();
+            match &runs.running {
+                Some(active) if !queue => {
+                    return Err(busy(&session_id, &active.dispatch_id));
+                }
+                Some(_) => {
+                    runs.queue.push_back(work.clone());
+                    Some(runs.queue.len() as u32)
+                }
+                None => {
+                    runs.running = Some(Active {
+                        dispatch_id: dispatch_id.clone(),
+                        stopper: Stopper::default(),
+                    });
+                    None
+                }
+            }
+        };
+        if let Some(position) = position {
+            let mut record = work.dispatch.clone();
+            record.status = DispatchStatus::Queued;
+            kernel.store.insert_dispatch(&record).await?;
+            self.new_stream(&dispatch_id);
+            return Ok(DispatchStarted {
+                dispatch_id,
+                session_id,
+                status: DispatchStatus::Queued,
+                user_message_seq: None,
+                queue_position: Some(position),
+            });
+        }
+        let lease = match take_lease(kernel, &session_id).await {
+            Ok(lease) => lease,
+            Err(error) => {
+                self.forget(&session_id, &dispatch_id);
+                return Err(error);
+            }
+        };
+        match self
+            .begin(kernel, &session.agent_id, &session_id, work)
+            .await
+        {
+            Ok((started, run)) => {
+                let kernel_for_task = kernel.clone();
+                kernel.tasks.spawn(run::session_loop(
+                    kernel_for_task,
+                    session.agent_id.clone(),
+                    session_id,
+                    lease,
+                    run,
+                ));
+                Ok(started)
+            }
+            Err(error) => {
+                release_lease(kernel, &session_id, &lease.id).await;
+                self.forget(&session_id, &dispatch_id);
+                Err(error)
+            }
+        }
+    }
+
+    fn forget(&self, session_id: &str, dispatch_id: &str) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(runs) = sessions.get_mut(session_id) {
+            if runs
+                .running
+                .as_ref()
+                .is_some_and(|a| a.dispatch_id == dispatch_id)
+            {
+                runs.running = None;
+            }
+            if runs.running.is_none() && runs.queue.is_empty() {
+                sessions.remove(session_id);
+            }
+        }
+    }
+
+    /// Writes the user message and the record of a dispatch about to run (its
+    /// session's lease already held); returns what the caller gets back.
+    async fn begin(
+        &self,
+        kernel: &Arc<Kernel>,
+        agent_id: &str,
+        session_id: &str,
+        work: Work,
+    ) -> Result<(DispatchStarted, run::Run), SyscallError> {
+        let mut record = work.dispatch.clone();
+        let (message, _) = crate::syscall::append_message(
+            kernel,
+            crate::syscall::AppendRequest {
+                agent_id,
+                session_id,
+                role: aos_sdk::protocol::Role::User,
+                origin: work.origin.clone(),
+                parts: vec![aos_sdk::protocol::PartBody::Text {
+                    text: work.content.clone(),
+                }],
+                dispatch_id: Some(record.dispatch_id.clone()),
+                kernel_parts: false,
+            },
+        )
+        .await?;
+        record.status = DispatchStatus::Running;
+        record.started_at = Some(Timestamp::now());
+        record.user_message_seq = Some(message.seq);
+        if kernel
+            .store
+            .get_dispatch(&record.dispatch_id)
+            .await?
+            .is_some()
+        {
+            kernel.store.save_dispatch(&record).await?;
+        } else {
+            kernel.store.insert_dispatch(&record).await?;
+        }
+        let stream = self
+            .stream(&record.dispatch_id)
+            .unwrap_or_else(|| self.new_stream(&record.dispatch_id));
+        stream.push(aos_sdk::protocol::StreamEvent::Message(
+            aos_sdk::protocol::StreamMessage {
+                seq: message.seq,
+                role: aos_sdk::protocol::Role::User,
+                text: work.content.clone(),
+            },
+        ));
+        let stopper = {
+            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            sessions
+                .get(session_id)
+                .and_then(|s| s.running.as_ref())
+                .filter(|a| a.dispatch_id == record.dispatch_id)
+                .map(|a| a.stopper.clone())
+                .unwrap_or_default()
+        };
+        let timer = stopper.clone();
+        let deadline = work.deadline;
+        kernel.tasks.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(deadline) => timer.stop(StopReason::Deadline),
+                () = timer.token().cancelled() => {}
+            }
+        });
+        kernel.emit(
+            EventName::SessionUpdated,
+            Some(agent_id),
+            Some(session_id),
+            json!({"agentId": agent_id, "sessionId": session_id, "changed": ["phase"], "phase": "dispatched", "dispatchId": record.dispatch_id}),
+        );
+        let started = DispatchStarted {
+            dispatch_id: record.dispatch_id.clone(),
+            session_id: session_id.to_owned(),
+            status: DispatchStatus::Running,
+            user_message_seq: Some(message.seq),
+            queue_position: None,
+        };
+        Ok((
+            started,
+            run::Run {
+                record,
+                stream,
+                stopper,
+                user_message: message,
+            },
+        ))
+    }
+
+    /// After a dispatch ended: the next queued one of the session, marked running.
+    pub(crate) fn next_queued(&self, session_id: &str) -> Option<Work> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let runs = sessions.get_mut(session_id)?;
+        let next = runs.queue.pop_front();
+        match &next {
+            Some(work) => {
+                runs.running = Some(Active {
+                    dispatch_id: work.dispatch.dispatch_id.clone(),
+                    stopper: Stopper::default(),
+                });
+            }
+            None => runs.running = None,
+        }
+        next
+    }
+
+    /// Forgets a session whose loop ended, unless work arrived meanwhile (returned).
+    pub(crate) fn finish_session(&self, session_id: &str) -> Option<Work> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let runs = sessions.get_mut(session_id)?;
+        if runs.queue.is_empty() {
+            sessions.remove(session_id);
+            return None;
+        }
+        drop(sessions);
+        self.next_queued(session_id)
+    }
+
+    /// Stops the running dispatch of a session. Returns its id, if one ran.
+    pub fn interrupt(&self, session_id: &str, reason: StopReason) -> Option<String> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let active = sessions.get(session_id)?.running.as_ref()?;
+        active.stopper.stop(reason);
+        Some(active.dispatch_id.clone())
+    }
+
+    /// Kernel shutdown: interrupts every running dispatch, fails the queued ones, and
+    /// waits (bounded) until they have written their ends.
+    pub async fn shutdown(&self, limit: Duration) {
+        let queued: Vec<Work> = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let mut queued = Vec::new();
+            for runs in sessions.values_mut() {
+                queued.extend(runs.queue.drain(..));
+                if let Some(active) = &runs.running {
+                    active.stopper.stop(StopReason::Shutdown);
+                }
+            }
+            queued
+        };
+        drop(queued);
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!("dispatches did not end within the drain timeout");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn busy(session_id: &str, dispatch_id: &str) -> SyscallError {
+    SyscallError::new(
+        ErrorCode::SessionBusy,
+        format!(
+            "session `{session_id}` is running dispatch `{dispatch_id}`; pass `ifBusy: queue` to run after it, or interrupt it"
+        ),
+    )
+    .with_details(json!({"sessionId": session_id, "dispatchId": dispatch_id}))
+}
+
+/// Takes the session's lease (compare-and-set on its revision): the session must be
+/// ready and idle, or its lease expired.
+pub async fn take_lease(kernel: &Kernel, session_id: &str) -> Result<Lease, SyscallError> {
+    let lease = Lease {
+        id: new_id("lse_"),
+        holder: kernel.node_id.clone(),
+        expires_at: Timestamp::now().plus_millis(LEASE_TTL.as_millis() as i64),
+    };
+    let now = Timestamp::now();
+    kernel
+        .update_session(session_id, |s| {
+            match s.status {
+                SessionStatus::Ready => {}
+                SessionStatus::Archived => {
+                    return Err(SyscallError::new(
+                        ErrorCode::SessionArchived,
+                        format!("session `{session_id}` is archived"),
+                    ));
+                }
+                SessionStatus::Initializing => {
+                    return Err(SyscallError::new(
+                        ErrorCode::SessionNotReady,
+                        format!("session `{session_id}` is still bootstrapping"),
+                    ));
+                }
+            }
+            // A live lease is someone's running dispatch; an expired one is stale.
+            if let Some(held) = s.lease.as_ref().filter(|l| l.expires_at > now) {
+                let holder = held.holder.clone();
+                return Err(SyscallError::new(
+                    ErrorCode::SessionBusy,
+                    format!(
+                        "session `{session_id}` is leased by {holder} (phase {:?})",
+                        s.phase
+                    ),
+                ));
+            }
+            s.lease = Some(lease.clone());
+            s.phase = SessionPhase::Dispatched;
+            Ok(())
+        })
+        .await?;
+    Ok(lease)
+}
+
+/// Extends a held lease; fails when it is no longer this dispatch's.
+pub async fn renew_lease(
+    kernel: &Kernel,
+    session_id: &str,
+    lease_id: &str,
+) -> Result<(), SyscallError> {
+    let expires = Timestamp::now().plus_millis(LEASE_TTL.as_millis() as i64);
+    kernel
+        .update_session(session_id, |s| match &mut s.lease {
+            Some(lease) if lease.id == lease_id => {
+                lease.expires_at = expires;
+                Ok(())
+            }
+            _ => Err(SyscallError::new(
+                ErrorCode::LeaseExpired,
+                format!("the lease on session `{session_id}` was taken over"),
+            )),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Gives the lease back and returns the session to idle (if the lease is still ours).
+pub async fn release_lease(kernel: &Kernel, session_id: &str, lease_id: &str) {
+    let result = kernel
+        .update_session(session_id, |s| {
+            if s.lease.as_ref().is_some_and(|l| l.id == lease_id) {
+                s.lease = None;
+                if s.phase == SessionPhase::Dispatched {
+                    s.phase = SessionPhase::Idle;
+                }
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(session_id, %error, "releasing the lease failed");
+    }
+}
+
+/// A new dispatch record for `session`.
+pub(crate) fn new_record(session: &SessionCb, priority: i32) -> Dispatch {
+    Dispatch {
+        dispatch_id: new_id("dsp_"),
+        session_id: session.session_id.clone(),
+        agent_id: session.agent_id.clone(),
+        status: DispatchStatus::Queued,
+        priority,
+        queued_at: Timestamp::now(),
+        started_at: None,
+        ended_at: None,
+        turns: 0,
+        usage: Usage::default(),
+        error: None,
+        model: None,
+        user_message_seq: None,
+        final_message_seq: None,
+        waiting: None,
+    }
+}
+
+/// The caller a dispatch's bash commands act as: the session itself.
+pub(crate) fn session_caller(agent_id: &str, session_id: &str) -> Caller {
+    Caller {
+        scope: crate::auth::Scope::Session {
+            agent_id: agent_id.to_owned(),
+            session_id: session_id.to_owned(),
+        },
+        token_id: None,
+    }
+}
