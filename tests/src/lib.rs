@@ -326,6 +326,14 @@ pub fn aos_command(cwd: &Path) -> Command {
     command
 }
 
+/// A `Command` for a helper program of the test environment (a script, a tool).
+pub fn aos_command_at(program: &Path) -> Command {
+    // Tests start their helpers here and nowhere else.
+    #[allow(clippy::disallowed_methods)]
+    let command = Command::new(program);
+    command
+}
+
 impl SpawnedKernel {
     /// Starts `aos up` in `dir` (home `dir/.aos`, skills `dir/skills`) on a free port.
     pub fn start(dir: &Path) -> Self {

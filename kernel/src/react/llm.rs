@@ -234,11 +234,19 @@ pub fn request_body(model: &str, messages: Vec<Value>, tool_mode: ToolMode) -> V
     }
 }
 
-/// Rewrites native tool calls and tool results into plain messages of JSON mode.
+/// Rewrites native tool calls and tool results into plain messages of JSON mode, and
+/// tells the model the answer format right after the system prompt.
 fn to_json_mode(messages: Vec<Value>) -> Vec<Value> {
-    let mut out = Vec::with_capacity(messages.len());
+    let mut out = Vec::with_capacity(messages.len() + 1);
+    let leading_system = messages
+        .iter()
+        .take_while(|m| m["role"] == "system")
+        .count();
     let mut commands: Vec<(String, String)> = Vec::new();
-    for message in messages {
+    for (index, message) in messages.into_iter().enumerate() {
+        if index == leading_system {
+            out.push(json!({"role": "system", "content": JSON_MODE_INSTRUCTIONS}));
+        }
         match message["role"].as_str() {
             Some("assistant") if message.get("tool_calls").is_some() => {
                 if let Some(text) = message["content"].as_str().filter(|t| !t.is_empty()) {
@@ -271,6 +279,9 @@ fn to_json_mode(messages: Vec<Value>) -> Vec<Value> {
             }
             _ => out.push(message),
         }
+    }
+    if leading_system >= out.len() {
+        out.push(json!({"role": "system", "content": JSON_MODE_INSTRUCTIONS}));
     }
     out
 }
@@ -600,9 +611,10 @@ mod tests {
         let body = request_body("m", messages, ToolMode::Json);
         assert!(body.get("tools").is_none());
         let sent = body["messages"].as_array().unwrap();
-        assert_eq!(sent[1]["content"], r#"{"action":"bash","text":"ls"}"#);
-        assert_eq!(sent[2]["role"], "user");
-        assert_eq!(sent[2]["content"], "Output of `ls`:\na\nb");
+        assert_eq!(sent[1]["content"], JSON_MODE_INSTRUCTIONS);
+        assert_eq!(sent[2]["content"], r#"{"action":"bash","text":"ls"}"#);
+        assert_eq!(sent[3]["role"], "user");
+        assert_eq!(sent[3]["content"], "Output of `ls`:\na\nb");
         let step = from_json_mode(ModelReply {
             text: r#"{"action": "bash", "text": "wc -l x"}"#.into(),
             ..Default::default()
