@@ -3,6 +3,11 @@
 //! same machine, with min/median/max over rounds. `--quick` checks that the harness
 //! works; its timings mean nothing.
 
+// The same allocator as the `aos` binary, so the kernel role measures what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod dispatch;
 mod report;
 mod scenarios;
 mod services;
@@ -47,6 +52,19 @@ enum Role {
     /// Run as the raw echo peer on a Unix socket.
     #[command(hide = true)]
     Echo { socket: PathBuf },
+    /// Run a kernel (home, skill root, aoscb.json) until interrupted.
+    #[command(hide = true)]
+    Kernel {
+        home: PathBuf,
+        skills: PathBuf,
+        config: PathBuf,
+    },
+}
+
+fn current_thread() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Settings every scenario shares.
@@ -59,12 +77,17 @@ pub struct Plan {
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(role) = args.role {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         return match role {
-            Role::ServeRust => runtime.block_on(services::serve_rust()),
-            Role::Echo { socket } => runtime.block_on(services::echo(&socket)),
+            Role::ServeRust => current_thread()?.block_on(services::serve_rust()),
+            Role::Echo { socket } => current_thread()?.block_on(services::echo(&socket)),
+            Role::Kernel {
+                home,
+                skills,
+                config,
+            } => tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(dispatch::serve_kernel(home, skills, config)),
         };
     }
     let plan = Plan {
@@ -96,6 +119,18 @@ fn main() -> Result<()> {
     if wanted("service-syscalls") {
         eprintln!("== service-syscalls");
         sections.push(runtime.block_on(services::service_syscalls(&plan))?);
+    }
+    if wanted("turn-overhead") {
+        eprintln!("== turn-overhead");
+        sections.push(runtime.block_on(dispatch::turn_overhead(&plan))?);
+    }
+    if wanted("sessions") {
+        eprintln!("== sessions");
+        sections.push(runtime.block_on(dispatch::many_sessions(&plan))?);
+    }
+    if wanted("priorities") {
+        eprintln!("== priorities");
+        sections.push(runtime.block_on(dispatch::priorities(&plan))?);
     }
     let report = report::Report::new(args.quick, &plan, sections);
     let (md, json) = report.write(&args.out)?;

@@ -3,6 +3,7 @@
 //! [`start`] prepares everything and binds the listener; [`Running::serve`] serves until
 //! the shutdown future resolves, then drains. [`run`] does both.
 
+use axum::serve::ListenerExt;
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::future::Future;
@@ -307,6 +308,13 @@ impl Running {
             );
             signal_kernel.shutdown.cancel();
         };
+        // Small writes (SSE events, envelopes) go out at once: with Nagle's algorithm a
+        // second event waits for the client's delayed ACK of the first, up to 40 ms.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "setting TCP_NODELAY on a connection failed");
+            }
+        });
         let server = axum::serve(listener, app).with_graceful_shutdown(signal);
         kernel.services.set_accepting(true);
         *kernel.watcher.lock().unwrap_or_else(|p| p.into_inner()) = watcher::start(&kernel);

@@ -61,3 +61,27 @@ def test_events_stream_as_dicts(daemon):
     assert event["name"] == "session.started"
     assert event["sessionId"] in sessions
     assert event["payload"]["agentId"] == agent["agentId"]
+
+
+def test_dispatch_stream_runs_a_turn_with_a_tool_call(tmp_path):
+    from conftest import Daemon, FakeLlm
+
+    llm = FakeLlm([{"bash": "echo from-the-tool"}, {"text": "the tool said from-the-tool"}])
+    running = Daemon(tmp_path, ("--llm-base-url", llm.base_url, "--llm-model", "scripted"))
+    try:
+        client = running.client
+        agent = client.call("agent.create", displayName="py-dispatch")
+        session = client.call("session.create", agentId=agent["agentId"])
+        chunks = list(client.dispatch_stream(session["sessionId"], "run the tool"))
+        kinds = [kind for kind, _ in chunks]
+        assert kinds[-1] == "done", kinds
+        assert "delta" in kinds and "tool_call" in kinds and "tool_result" in kinds, kinds
+        results = [data for kind, data in chunks if kind == "tool_result"]
+        assert "from-the-tool" in str(results[0]), results
+        assert chunks[-1][1].get("status") == "done", chunks[-1]
+        # The second request carried the tool's output back to the model.
+        assert len(llm.requests) == 2
+        assert "from-the-tool" in str(llm.requests[1]["messages"][-1])
+    finally:
+        running.stop()
+        llm.close()

@@ -94,19 +94,28 @@ pub struct ScriptedLlm {
 
 /// Counts the tool results in a conversation (both tool modes).
 pub fn tool_results(body: &Value) -> usize {
-    body["messages"]
-        .as_array()
-        .map(|m| {
-            m.iter()
-                .filter(|m| {
-                    m["role"] == "tool"
-                        || m["content"]
-                            .as_str()
-                            .is_some_and(|c| c.starts_with("Output of `"))
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    tool_results_in(body["messages"].as_array().map_or(&[][..], Vec::as_slice))
+}
+
+/// Tool results after the newest user message: those of the dispatch now running.
+pub fn tool_results_since_user(body: &Value) -> usize {
+    let messages = body["messages"].as_array().map_or(&[][..], Vec::as_slice);
+    let start = messages
+        .iter()
+        .rposition(|m| m["role"] == "user" && !is_tool_result(m))
+        .map_or(0, |i| i + 1);
+    tool_results_in(&messages[start..])
+}
+
+fn is_tool_result(message: &Value) -> bool {
+    message["role"] == "tool"
+        || message["content"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("Output of `"))
+}
+
+fn tool_results_in(messages: &[Value]) -> usize {
+    messages.iter().filter(|m| is_tool_result(m)).count()
 }
 
 /// The text of the last user message of a conversation.
@@ -189,12 +198,13 @@ impl ScriptedLlm {
         *self.shared.rule.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(rule);
     }
 
-    /// A rule for closed-loop load: `turns - 1` bash calls of `command`, then a final
-    /// answer, whatever the conversation.
+    /// A rule for closed-loop load: every dispatch makes `turns - 1` bash calls of
+    /// `command`, then a final answer (counting the tool results since the newest user
+    /// message, so it holds for any number of dispatches on one session).
     pub fn react_turns(&self, turns: usize, command: &str) {
         let command = command.to_owned();
         self.rule(move |body| {
-            if tool_results(body) + 1 < turns {
+            if tool_results_since_user(body) + 1 < turns {
                 Reply::bash(&command).into()
             } else {
                 Reply::text("done").into()

@@ -47,7 +47,11 @@ async fn a_real_model_finds_and_counts_with_bash_in_json_mode() {
         )
         .await;
     let (agent, session) = kernel.admin.agent_and_session().await;
-    let hidden = kernel.home.join("workspaces").join(&agent).join("notes/2026");
+    let hidden = kernel
+        .home
+        .join("workspaces")
+        .join(&agent)
+        .join("notes/2026");
     std::fs::create_dir_all(&hidden).unwrap();
     let lines: String = (1..=37).map(|i| format!("entry {i}\n")).collect();
     std::fs::write(hidden.join("inventory.txt"), lines).unwrap();
@@ -77,7 +81,9 @@ async fn a_real_model_finds_and_counts_with_bash_in_json_mode() {
     for event in &events {
         match event {
             StreamEvent::ToolCall(call) => eprintln!("$ {}", call.command),
-            StreamEvent::ToolResult(result) => eprintln!("  -> {}", result.preview.replace('\n', " | ")),
+            StreamEvent::ToolResult(result) => {
+                eprintln!("  -> {}", result.preview.replace('\n', " | "))
+            }
             StreamEvent::Message(message) => eprintln!("[{:?}] {}", message.role, message.text),
             _ => {}
         }
@@ -99,5 +105,8 @@ async fn a_real_model_finds_and_counts_with_bash_in_json_mode() {
         "no command computed the count: {outputs:?}"
     );
     let answer = done.answer.clone().unwrap_or_default();
-    assert!(answer.contains("37"), "the answer does not carry the count: {answer}");
+    assert!(
+        answer.contains("37"),
+        "the answer does not carry the count: {answer}"
+    );
 }

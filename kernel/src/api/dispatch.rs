@@ -11,8 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::{StreamExt, stream};
-use tokio::sync::broadcast;
+use futures::stream;
 
 use super::{authenticate, error_response};
 use crate::kernel::Kernel;
@@ -61,26 +60,9 @@ pub(super) async fn stream(
         let once = stream::iter([Ok::<_, Infallible>(sse(&done))]);
         return Sse::new(once).keep_alive(keep_alive).into_response();
     };
-    let (past, live) = dispatch_stream.subscribe();
-    let finished = past.iter().any(|e| matches!(e, StreamEvent::Done(_)));
-    let replay = stream::iter(past.into_iter().map(|e| Ok::<_, Infallible>(sse(&e))));
-    let live = stream::unfold((live, finished), |(mut rx, finished)| async move {
-        if finished {
-            return None;
-        }
-        loop {
-            match rx.recv().await {
-                Ok(event) => {
-                    let done = matches!(event, StreamEvent::Done(_));
-                    return Some((Ok::<_, Infallible>(sse(&event)), (rx, done)));
-                }
-                // Only token deltas can be lost this way: the reader was too slow.
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+    let events = stream::unfold(dispatch_stream.reader(), |mut reader| async move {
+        let event = reader.next().await?;
+        Some((Ok::<_, Infallible>(sse(&event)), reader))
     });
-    Sse::new(replay.chain(live))
-        .keep_alive(keep_alive)
-        .into_response()
+    Sse::new(events).keep_alive(keep_alive).into_response()
 }

@@ -265,6 +265,9 @@ impl Dispatcher {
                 return Err(error);
             }
         };
+        // Not queued: `begin` inserts its record rather than updating it.
+        let mut work = work;
+        work.dispatch.status = DispatchStatus::Running;
         match self
             .begin(kernel, &session.agent_id, &session_id, work)
             .await
@@ -314,7 +317,13 @@ impl Dispatcher {
         work: Work,
     ) -> Result<(DispatchStarted, run::Run), SyscallError> {
         let mut record = work.dispatch.clone();
-        let (message, _) = crate::syscall::append_message(
+        // A queued dispatch has its record already; one that runs at once does not.
+        let queued = record.status == DispatchStatus::Queued;
+        record.status = DispatchStatus::Running;
+        record.started_at = Some(Timestamp::now());
+        // The user message and the record are independent writes: they share one
+        // group commit.
+        let append = crate::syscall::append_message(
             kernel,
             crate::syscall::AppendRequest {
                 agent_id,
@@ -327,21 +336,28 @@ impl Dispatcher {
                 dispatch_id: Some(record.dispatch_id.clone()),
                 kernel_parts: false,
             },
-        )
-        .await?;
-        record.status = DispatchStatus::Running;
-        record.started_at = Some(Timestamp::now());
+        );
+        let recorded = async {
+            if queued {
+                kernel.store.save_dispatch(&record).await
+            } else {
+                kernel.store.insert_dispatch(&record).await
+            }
+        };
+        let (appended, recorded) = tokio::join!(append, recorded);
+        let both = appended
+            .and_then(|(message, _)| recorded.map(|()| message).map_err(SyscallError::from));
+        let message = match both {
+            Ok(message) => message,
+            Err(error) => {
+                record.status = DispatchStatus::Failed;
+                record.ended_at = Some(Timestamp::now());
+                record.error = Some(error.clone().into_body());
+                let _ = kernel.store.save_dispatch(&record).await;
+                return Err(error);
+            }
+        };
         record.user_message_seq = Some(message.seq);
-        if kernel
-            .store
-            .get_dispatch(&record.dispatch_id)
-            .await?
-            .is_some()
-        {
-            kernel.store.save_dispatch(&record).await?;
-        } else {
-            kernel.store.insert_dispatch(&record).await?;
-        }
         let stream = self
             .stream(&record.dispatch_id)
             .unwrap_or_else(|| self.new_stream(&record.dispatch_id));
@@ -394,32 +410,37 @@ impl Dispatcher {
     }
 
     /// After a dispatch ended: the next queued one of the session, marked running.
+    /// With none queued, the ended one stays marked until [`Dispatcher::finish_session`],
+    /// so nothing starts while the lease is still held.
     pub(crate) fn next_queued(&self, session_id: &str) -> Option<Work> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let runs = sessions.get_mut(session_id)?;
-        let next = runs.queue.pop_front();
-        match &next {
-            Some(work) => {
-                runs.running = Some(Active {
-                    dispatch_id: work.dispatch.dispatch_id.clone(),
-                    stopper: Stopper::default(),
-                });
-            }
-            None => runs.running = None,
-        }
-        next
+        let next = runs.queue.pop_front()?;
+        runs.running = Some(Active {
+            dispatch_id: next.dispatch.dispatch_id.clone(),
+            stopper: Stopper::default(),
+        });
+        Some(next)
     }
 
-    /// Forgets a session whose loop ended, unless work arrived meanwhile (returned).
+    /// After the lease was released: forgets the session, unless work was queued
+    /// meanwhile (returned, marked running, to run under a new lease).
     pub(crate) fn finish_session(&self, session_id: &str) -> Option<Work> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let runs = sessions.get_mut(session_id)?;
-        if runs.queue.is_empty() {
-            sessions.remove(session_id);
-            return None;
+        match runs.queue.pop_front() {
+            Some(next) => {
+                runs.running = Some(Active {
+                    dispatch_id: next.dispatch.dispatch_id.clone(),
+                    stopper: Stopper::default(),
+                });
+                Some(next)
+            }
+            None => {
+                sessions.remove(session_id);
+                None
+            }
         }
-        drop(sessions);
-        self.next_queued(session_id)
     }
 
     /// Stops the running dispatch of a session. Returns its id, if one ran.
@@ -574,6 +595,7 @@ pub(crate) fn new_record(session: &SessionCb, priority: i32) -> Dispatch {
         user_message_seq: None,
         final_message_seq: None,
         waiting: None,
+        timing: Default::default(),
     }
 }
 

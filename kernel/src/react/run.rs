@@ -75,15 +75,41 @@ pub(super) async fn session_loop(
     loop {
         let current: Arc<Mutex<Option<Stopper>>> = Arc::new(Mutex::new(None));
         let renewal = renew_while_running(&kernel, &session_id, &lease.id, current.clone());
+        // The end of the last dispatch is announced only once the session is free
+        // again, so a client that reacts to `done` with a new dispatch is not refused.
+        let mut ended: Option<Ended> = None;
+        let mut released = false;
         while let Some(mut run) = next.take() {
             *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(run.stopper.clone());
             let outcome = execute(&kernel, &agent_id, &session_id, &mut run).await;
-            finish(&kernel, &agent_id, &session_id, run, outcome).await;
             let queued = kernel.dispatcher.next_queued(&session_id);
+            if queued.is_none() {
+                // The lease goes back in the same group commit as the dispatch's end.
+                renewal.cancel();
+                released = true;
+                let lease_id = lease.id.as_str();
+                ended = Some(
+                    finish(
+                        &kernel,
+                        &agent_id,
+                        &session_id,
+                        run,
+                        outcome,
+                        Some(lease_id),
+                    )
+                    .await,
+                );
+                break;
+            }
+            finish(&kernel, &agent_id, &session_id, run, outcome, None)
+                .await
+                .announce(&kernel, &agent_id, &session_id);
             next = start_queued(&kernel, &agent_id, &session_id, queued).await;
         }
         renewal.cancel();
-        release_lease(&kernel, &session_id, &lease.id).await;
+        if !released {
+            release_lease(&kernel, &session_id, &lease.id).await;
+        }
         kernel.emit(
             EventName::SessionUpdated,
             Some(&agent_id),
@@ -91,7 +117,11 @@ pub(super) async fn session_loop(
             json!({"agentId": agent_id, "sessionId": session_id, "changed": ["phase"], "phase": "idle"}),
         );
         // Work queued while the lease was being released runs under a new lease.
-        let Some(work) = kernel.dispatcher.finish_session(&session_id) else {
+        let more = kernel.dispatcher.finish_session(&session_id);
+        if let Some(end) = ended {
+            end.announce(&kernel, &agent_id, &session_id);
+        }
+        let Some(work) = more else {
             return;
         };
         match take_lease(&kernel, &session_id).await {
@@ -197,29 +227,75 @@ fn done_event(record: &Dispatch, answer: Option<String>) -> StreamDone {
     }
 }
 
-/// Records how a dispatch ended and tells everyone.
+/// A dispatch that ended, waiting to be announced.
+struct Ended {
+    record: Dispatch,
+    stream: Arc<DispatchStream>,
+    answer: Option<String>,
+}
+
+impl Ended {
+    /// The stream's `done` and `session.dispatch.after`.
+    fn announce(self, kernel: &Arc<Kernel>, agent_id: &str, session_id: &str) {
+        let record = self.record;
+        self.stream
+            .push(StreamEvent::Done(done_event(&record, self.answer)));
+        kernel.dispatcher.finished_stream(&record.dispatch_id);
+        let appended = record
+            .final_message_seq
+            .zip(record.user_message_seq)
+            .map_or(1, |(last, first)| last.saturating_sub(first) + 1);
+        kernel.emit(
+            EventName::SessionDispatchAfter,
+            Some(agent_id),
+            Some(session_id),
+            json!({
+                "agentId": agent_id,
+                "sessionId": session_id,
+                "dispatchId": record.dispatch_id,
+                "status": record.status,
+                "appendedCount": appended,
+                "turns": record.turns,
+                "usage": record.usage,
+            }),
+        );
+    }
+}
+
+/// Records how a dispatch ended; [`Ended::announce`] tells everyone.
 async fn finish(
     kernel: &Arc<Kernel>,
     agent_id: &str,
     session_id: &str,
     run: Run,
     outcome: Outcome,
-) {
+    release: Option<&str>,
+) -> Ended {
     // Ends the dispatch's helpers (its deadline timer).
     run.stopper.token().cancel();
     let mut record = run.record;
     record.status = outcome.status;
     record.error = outcome.error;
     record.ended_at = Some(Timestamp::now());
-    if let Err(error) = kernel.store.save_dispatch(&record).await {
+    let totals = Usage {
+        dispatches: 1,
+        ..record.usage
+    };
+    // Independent writes, so they share one group commit.
+    let (saved, counted, ()) = tokio::join!(
+        kernel.store.save_dispatch(&record),
+        kernel.store.add_usage(session_id, &totals),
+        async {
+            if let Some(lease_id) = release {
+                release_lease(kernel, session_id, lease_id).await;
+            }
+        }
+    );
+    if let Err(error) = saved {
         tracing::error!(dispatch_id = %record.dispatch_id, %error, "saving the dispatch record failed");
     }
-    let dispatches = Usage {
-        dispatches: 1,
-        ..Usage::default()
-    };
-    if let Err(error) = kernel.store.add_usage(session_id, &dispatches).await {
-        tracing::warn!(session_id, %error, "counting the dispatch failed");
+    if let Err(error) = counted {
+        tracing::warn!(session_id, %error, "recording the dispatch's usage failed");
     }
     if let Some(error) = &record.error {
         run.stream.push(StreamEvent::Error {
@@ -233,28 +309,12 @@ async fn finish(
             json!({"agentId": agent_id, "sessionId": session_id, "dispatchId": record.dispatch_id, "source": "dispatch", "recoverable": true, "message": error.message}),
         );
     }
-    run.stream
-        .push(StreamEvent::Done(done_event(&record, outcome.answer)));
-    kernel.dispatcher.finished_stream(&record.dispatch_id);
-    let appended = record
-        .final_message_seq
-        .zip(record.user_message_seq)
-        .map_or(1, |(last, first)| last.saturating_sub(first) + 1);
-    kernel.emit(
-        EventName::SessionDispatchAfter,
-        Some(agent_id),
-        Some(session_id),
-        json!({
-            "agentId": agent_id,
-            "sessionId": session_id,
-            "dispatchId": record.dispatch_id,
-            "status": record.status,
-            "appendedCount": appended,
-            "turns": record.turns,
-            "usage": record.usage,
-        }),
-    );
     tracing::info!(dispatch_id = %record.dispatch_id, session_id, status = record.status.as_str(), turns = record.turns, "dispatch ended");
+    Ended {
+        record,
+        stream: run.stream,
+        answer: outcome.answer,
+    }
 }
 
 /// Everything a turn needs to know about where it runs.
@@ -483,10 +543,12 @@ async fn execute_with(
                 text: text.to_owned(),
             });
         };
+        let called = std::time::Instant::now();
         let reply = tokio::select! {
             reply = llm::call(&kernel.dispatcher.http, provider, &body, &mut on_delta) => reply,
             () = run.stopper.token().cancelled() => continue,
         };
+        run.record.timing.model_us += called.elapsed().as_micros() as u64;
         drop(permit);
         let reply =
             reply.map_err(|e| SyscallError::new(ErrorCode::ProviderUnavailable, e.to_string()))?;
@@ -499,8 +561,9 @@ async fn execute_with(
             turns: 1,
             dispatches: 0,
         };
+        // Session and agent totals are written once, when the dispatch ends;
+        // `compute.after` carries each turn's usage as it happens.
         add(&mut run.record.usage, &turn_usage);
-        kernel.store.add_usage(session_id, &turn_usage).await?;
         kernel.emit(
             EventName::ComputeAfter,
             Some(agent_id),
@@ -741,7 +804,7 @@ async fn resolve_model(place: &Place<'_>, default: Option<&str>) -> Result<Strin
 /// A bash call from the model, up to its part in history.
 async fn tool(
     place: &Place<'_>,
-    run: &Run,
+    run: &mut Run,
     call: &llm::ToolCall,
 ) -> Result<BashCall, SyscallError> {
     let refused = |command: String, message: String| BashCall {
@@ -844,7 +907,9 @@ async fn tool(
         )),
     };
     let started = std::time::Instant::now();
-    let result = match bash::run(&request, run.stopper.token()).await {
+    let ran = bash::run(&request, run.stopper.token()).await;
+    run.record.timing.tools_us += started.elapsed().as_micros() as u64;
+    let result = match ran {
         Ok(result) => result,
         Err(message) => {
             let mut part = refused(command, message);

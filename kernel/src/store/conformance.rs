@@ -467,6 +467,7 @@ pub async fn dispatches_round_trip(store: Arc<dyn Store>) {
         user_message_seq: Some(4),
         final_message_seq: None,
         waiting: None,
+        timing: Default::default(),
     };
     store.insert_dispatch(&dispatch).await.unwrap();
     dispatch.status = DispatchStatus::Done;

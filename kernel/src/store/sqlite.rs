@@ -28,7 +28,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -55,16 +55,57 @@ pub struct SqliteStore {
     reader: SqlitePool,
     path: PathBuf,
     cache: Arc<Mutex<BlockCache>>,
-    /// Appends go through one task that commits whatever is queued as one transaction.
-    appends: Mutex<Option<mpsc::Sender<AppendJob>>>,
+    /// The hot writes (appends, session and dispatch saves) go through one task that
+    /// commits whatever is queued as one transaction.
+    appends: Mutex<Option<mpsc::Sender<WriteJob>>>,
 }
 
-/// One queued append and where its outcome goes.
+/// A write the group-commit task runs.
 #[derive(Debug)]
-struct AppendJob {
-    message: NewMessage,
-    parts: String,
-    reply: oneshot::Sender<StoreResult<AppendOutcome>>,
+enum WriteOp {
+    Append {
+        message: NewMessage,
+        parts: String,
+    },
+    SaveSession {
+        session: SessionCb,
+        expected: u64,
+        body: String,
+    },
+    InsertDispatch {
+        dispatch: Dispatch,
+        body: String,
+    },
+    SaveDispatch {
+        dispatch: Dispatch,
+        body: String,
+    },
+    /// Two statements (session, then agent): always run inside a transaction.
+    AddUsage {
+        session_id: String,
+        usage: Usage,
+        now: Timestamp,
+    },
+}
+
+/// What a write did.
+#[derive(Debug)]
+enum Written {
+    Appended(AppendOutcome),
+    /// Rows the statement changed.
+    Rows(u64),
+    Usage {
+        agent_id: String,
+        session_revision: u64,
+        agent_revision: u64,
+    },
+}
+
+/// One queued write and where its outcome goes.
+#[derive(Debug)]
+struct WriteJob {
+    op: WriteOp,
+    reply: oneshot::Sender<StoreResult<Written>>,
 }
 
 /// Appends committed together at most.
@@ -258,11 +299,24 @@ impl SqliteStore {
         &self.path
     }
 
-    async fn begin(&self, action: &'static str) -> StoreResult<Transaction<'static, Sqlite>> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
+    /// Runs `op` through the group-commit task.
+    async fn write(&self, action: &'static str, op: WriteOp) -> StoreResult<Written> {
+        let closed = || StoreError::Unavailable {
+            action,
+            source: sqlx::Error::PoolClosed,
+        };
+        let queue = self
+            .appends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(closed)?;
+        let (reply, outcome) = oneshot::channel();
+        queue
+            .send(WriteJob { op, reply })
             .await
-            .map_err(classify(action))
+            .map_err(|_| closed())?;
+        outcome.await.map_err(|_| closed())?
     }
 }
 
@@ -270,15 +324,15 @@ fn lock_cache(cache: &Mutex<BlockCache>) -> std::sync::MutexGuard<'_, BlockCache
     cache.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The group-commit loop: takes every queued append, runs them in one `BEGIN
-/// IMMEDIATE` transaction (a lone append runs as a single autocommit statement), and
-/// answers each caller only after the commit, so an acknowledged append is durable.
+/// The group-commit loop: takes every queued write, runs them in one `BEGIN
+/// IMMEDIATE` transaction (a lone write runs as a single autocommit statement), and
+/// answers each caller only after the commit, so an acknowledged write is durable.
 async fn append_loop(
     writer: SqlitePool,
     cache: Arc<Mutex<BlockCache>>,
-    mut queue: mpsc::Receiver<AppendJob>,
+    mut queue: mpsc::Receiver<WriteJob>,
 ) {
-    let mut batch: Vec<AppendJob> = Vec::with_capacity(APPEND_BATCH);
+    let mut batch: Vec<WriteJob> = Vec::with_capacity(APPEND_BATCH);
     while let Some(first) = queue.recv().await {
         batch.push(first);
         while batch.len() < APPEND_BATCH {
@@ -287,25 +341,25 @@ async fn append_loop(
                 Err(_) => break,
             }
         }
-        let results = if batch.len() == 1 {
-            let job = &batch[0];
+        let single_statement = !matches!(batch[0].op, WriteOp::AddUsage { .. });
+        let results = if batch.len() == 1 && single_statement {
             vec![match writer.acquire().await {
-                Ok(mut connection) => {
-                    insert_message(&mut connection, &job.message, &job.parts).await
-                }
-                Err(e) => Err(classify("appending to history")(e)),
+                Ok(mut connection) => run_op(&mut connection, &batch[0].op).await,
+                Err(e) => Err(classify("writing to the database")(e)),
             }]
         } else {
             run_batch(&writer, &batch).await
         };
         for (job, result) in batch.drain(..).zip(results) {
-            if let Ok(outcome) = &result {
+            if let (WriteOp::Append { message, .. }, Ok(Written::Appended(outcome))) =
+                (&job.op, &result)
+            {
                 lock_cache(&cache).patch_session(
-                    &job.message.session_id,
+                    &message.session_id,
                     outcome.session_revision,
                     |s| {
                         s.last_seq = outcome.seq;
-                        s.updated_at = job.message.created_at;
+                        s.updated_at = message.created_at;
                     },
                 );
             }
@@ -314,29 +368,151 @@ async fn append_loop(
     }
 }
 
-/// Runs several appends in one transaction. A statement that fails (an unknown or
+/// Runs several writes in one transaction. A statement that fails (an unknown or
 /// archived session, a duplicate id) fails alone; a failed commit fails them all.
-async fn run_batch(writer: &SqlitePool, batch: &[AppendJob]) -> Vec<StoreResult<AppendOutcome>> {
+async fn run_batch(writer: &SqlitePool, batch: &[WriteJob]) -> Vec<StoreResult<Written>> {
     let mut tx = match writer.begin_with("BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
         Err(e) => {
             return batch
                 .iter()
-                .map(|_| Err(classify_owned("appending to history", &e)))
+                .map(|_| Err(classify_owned("writing to the database", &e)))
                 .collect();
         }
     };
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        results.push(insert_message(&mut tx, &job.message, &job.parts).await);
+        results.push(run_op(&mut tx, &job.op).await);
     }
     match tx.commit().await {
         Ok(()) => results,
         Err(e) => batch
             .iter()
-            .map(|_| Err(classify_owned("appending to history", &e)))
+            .map(|_| Err(classify_owned("writing to the database", &e)))
             .collect(),
     }
+}
+
+async fn run_op(connection: &mut sqlx::SqliteConnection, op: &WriteOp) -> StoreResult<Written> {
+    match op {
+        WriteOp::Append { message, parts } => insert_message(connection, message, parts)
+            .await
+            .map(Written::Appended),
+        WriteOp::SaveSession {
+            session,
+            expected,
+            body,
+        } => sqlx::query(
+            "UPDATE sessions SET status = ?1, phase = ?2, revision = ?3, updated_at = ?4, body = ?5
+             WHERE session_id = ?6 AND revision = ?7",
+        )
+        .bind(session_status_str(session.status))
+        .bind(phase_str(session.phase))
+        .bind(session.revision as i64)
+        .bind(session.updated_at.as_millis())
+        .bind(body)
+        .bind(&session.session_id)
+        .bind(*expected as i64)
+        .execute(&mut *connection)
+        .await
+        .map(|done| Written::Rows(done.rows_affected()))
+        .map_err(classify("saving a session")),
+        WriteOp::InsertDispatch { dispatch, body } => sqlx::query(
+            "INSERT INTO dispatches (dispatch_id, session_id, agent_id, status, queued_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(&dispatch.dispatch_id)
+        .bind(&dispatch.session_id)
+        .bind(&dispatch.agent_id)
+        .bind(dispatch.status.as_str())
+        .bind(dispatch.queued_at.as_millis())
+        .bind(body)
+        .execute(&mut *connection)
+        .await
+        .map(|done| Written::Rows(done.rows_affected()))
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Duplicate {
+                    kind: "dispatch",
+                    id: dispatch.dispatch_id.clone(),
+                }
+            } else {
+                classify("recording a dispatch")(e)
+            }
+        }),
+        WriteOp::AddUsage {
+            session_id,
+            usage,
+            now,
+        } => add_usage(connection, session_id, usage, *now).await,
+        WriteOp::SaveDispatch { dispatch, body } => {
+            sqlx::query("UPDATE dispatches SET status = ?1, body = ?2 WHERE dispatch_id = ?3")
+                .bind(dispatch.status.as_str())
+                .bind(body)
+                .bind(&dispatch.dispatch_id)
+                .execute(&mut *connection)
+                .await
+                .map(|done| Written::Rows(done.rows_affected()))
+                .map_err(classify("updating a dispatch"))
+        }
+    }
+}
+
+/// Adds usage to a session's and its agent's totals (inside the caller's transaction).
+async fn add_usage(
+    connection: &mut sqlx::SqliteConnection,
+    session_id: &str,
+    usage: &Usage,
+    now: Timestamp,
+) -> StoreResult<Written> {
+    let cost_micros = (usage.cost_usd * 1_000_000.0).round() as i64;
+    let session = sqlx::query(
+        "UPDATE sessions SET prompt_tokens = prompt_tokens + ?1,
+             completion_tokens = completion_tokens + ?2, cost_micros = cost_micros + ?3,
+             turns = turns + ?4, dispatches = dispatches + ?5,
+             revision = revision + 1, updated_at = ?7
+         WHERE session_id = ?6 RETURNING agent_id, revision",
+    )
+    .bind(usage.prompt_tokens as i64)
+    .bind(usage.completion_tokens as i64)
+    .bind(cost_micros)
+    .bind(usage.turns as i64)
+    .bind(usage.dispatches as i64)
+    .bind(session_id)
+    .bind(now.as_millis())
+    .fetch_optional(&mut *connection)
+    .await
+    .map_err(classify("recording usage"))?;
+    let Some(session) = session else {
+        return Err(StoreError::NotFound {
+            kind: "session",
+            id: session_id.to_owned(),
+        });
+    };
+    let agent_id: String = col(&session, "agent_id")?;
+    let session_revision = u64_col(&session, "revision")?;
+    let agent_revision: i64 = sqlx::query_scalar(
+        "UPDATE agents SET prompt_tokens = prompt_tokens + ?1,
+             completion_tokens = completion_tokens + ?2, cost_micros = cost_micros + ?3,
+             turns = turns + ?4, dispatches = dispatches + ?5,
+             revision = revision + 1, updated_at = ?7
+         WHERE agent_id = ?6 RETURNING revision",
+    )
+    .bind(usage.prompt_tokens as i64)
+    .bind(usage.completion_tokens as i64)
+    .bind(cost_micros)
+    .bind(usage.turns as i64)
+    .bind(usage.dispatches as i64)
+    .bind(&agent_id)
+    .bind(now.as_millis())
+    .fetch_one(&mut *connection)
+    .await
+    .map_err(classify("recording usage"))?;
+    Ok(Written::Usage {
+        agent_id,
+        session_revision,
+        agent_revision: agent_revision.max(0) as u64,
+    })
 }
 
 /// The append statement: number the message from the session row and insert it; the
@@ -892,21 +1068,17 @@ impl Store for SqliteStore {
 
     async fn save_session(&self, session: &SessionCb, expected: u64) -> StoreResult<()> {
         let body = to_json("session", session)?;
-        let done = sqlx::query(
-            "UPDATE sessions SET status = ?1, phase = ?2, revision = ?3, updated_at = ?4, body = ?5
-             WHERE session_id = ?6 AND revision = ?7",
-        )
-        .bind(session_status_str(session.status))
-        .bind(phase_str(session.phase))
-        .bind(session.revision as i64)
-        .bind(session.updated_at.as_millis())
-        .bind(body)
-        .bind(&session.session_id)
-        .bind(expected as i64)
-        .execute(&self.writer)
-        .await
-        .map_err(classify("saving a session"))?;
-        if done.rows_affected() == 0 {
+        let changed = self
+            .write(
+                "saving a session",
+                WriteOp::SaveSession {
+                    session: session.clone(),
+                    expected,
+                    body,
+                },
+            )
+            .await?;
+        if matches!(changed, Written::Rows(0)) {
             self.cache().sessions.remove(&session.session_id);
             return Err(match self.get_session(&session.session_id).await? {
                 Some(_) => StoreError::Conflict {
@@ -941,27 +1113,17 @@ impl Store for SqliteStore {
 
     async fn append_message(&self, message: &NewMessage) -> StoreResult<AppendOutcome> {
         let parts = to_json("message parts", &message.parts)?;
-        let queue = self
-            .appends
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(StoreError::Unavailable {
-                action: "appending to history",
-                source: sqlx::Error::PoolClosed,
-            })?;
-        let (reply, outcome) = oneshot::channel();
-        let job = AppendJob {
+        let op = WriteOp::Append {
             message: message.clone(),
             parts,
-            reply,
         };
-        let closed = || StoreError::Unavailable {
-            action: "appending to history",
-            source: sqlx::Error::PoolClosed,
-        };
-        queue.send(job).await.map_err(|_| closed())?;
-        outcome.await.map_err(|_| closed())?
+        match self.write("appending to history", op).await? {
+            Written::Appended(outcome) => Ok(outcome),
+            Written::Rows(_) | Written::Usage { .. } => Err(StoreError::Unavailable {
+                action: "appending to history",
+                source: sqlx::Error::Protocol("the write task answered an append oddly".into()),
+            }),
+        }
     }
 
     async fn list_messages(
@@ -1166,28 +1328,11 @@ impl Store for SqliteStore {
 
     async fn insert_dispatch(&self, dispatch: &Dispatch) -> StoreResult<()> {
         let body = to_json("dispatch", dispatch)?;
-        sqlx::query(
-            "INSERT INTO dispatches (dispatch_id, session_id, agent_id, status, queued_at, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(&dispatch.dispatch_id)
-        .bind(&dispatch.session_id)
-        .bind(&dispatch.agent_id)
-        .bind(dispatch.status.as_str())
-        .bind(dispatch.queued_at.as_millis())
-        .bind(body)
-        .execute(&self.writer)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Duplicate {
-                    kind: "dispatch",
-                    id: dispatch.dispatch_id.clone(),
-                }
-            } else {
-                classify("recording a dispatch")(e)
-            }
-        })?;
+        let op = WriteOp::InsertDispatch {
+            dispatch: dispatch.clone(),
+            body,
+        };
+        self.write("recording a dispatch", op).await?;
         Ok(())
     }
 
@@ -1204,15 +1349,14 @@ impl Store for SqliteStore {
 
     async fn save_dispatch(&self, dispatch: &Dispatch) -> StoreResult<()> {
         let body = to_json("dispatch", dispatch)?;
-        let done =
-            sqlx::query("UPDATE dispatches SET status = ?1, body = ?2 WHERE dispatch_id = ?3")
-                .bind(dispatch.status.as_str())
-                .bind(body)
-                .bind(&dispatch.dispatch_id)
-                .execute(&self.writer)
-                .await
-                .map_err(classify("updating a dispatch"))?;
-        if done.rows_affected() == 0 {
+        let op = WriteOp::SaveDispatch {
+            dispatch: dispatch.clone(),
+            body,
+        };
+        if matches!(
+            self.write("updating a dispatch", op).await?,
+            Written::Rows(0)
+        ) {
             return Err(StoreError::NotFound {
                 kind: "dispatch",
                 id: dispatch.dispatch_id.clone(),
@@ -1253,50 +1397,22 @@ impl Store for SqliteStore {
     async fn add_usage(&self, session_id: &str, usage: &Usage) -> StoreResult<()> {
         let cost_micros = (usage.cost_usd * 1_000_000.0).round() as i64;
         let now = Timestamp::now();
-        let mut tx = self.begin("recording usage").await?;
-        let session = sqlx::query(
-            "UPDATE sessions SET prompt_tokens = prompt_tokens + ?1,
-                 completion_tokens = completion_tokens + ?2, cost_micros = cost_micros + ?3,
-                 turns = turns + ?4, dispatches = dispatches + ?5,
-                 revision = revision + 1, updated_at = ?7
-             WHERE session_id = ?6 RETURNING agent_id, revision",
-        )
-        .bind(usage.prompt_tokens as i64)
-        .bind(usage.completion_tokens as i64)
-        .bind(cost_micros)
-        .bind(usage.turns as i64)
-        .bind(usage.dispatches as i64)
-        .bind(session_id)
-        .bind(now.as_millis())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(classify("recording usage"))?;
-        let Some(session) = session else {
-            return Err(StoreError::NotFound {
-                kind: "session",
-                id: session_id.to_owned(),
+        let op = WriteOp::AddUsage {
+            session_id: session_id.to_owned(),
+            usage: *usage,
+            now,
+        };
+        let Written::Usage {
+            agent_id,
+            session_revision,
+            agent_revision,
+        } = self.write("recording usage", op).await?
+        else {
+            return Err(StoreError::Unavailable {
+                action: "recording usage",
+                source: sqlx::Error::Protocol("the write task answered oddly".into()),
             });
         };
-        let agent_id: String = col(&session, "agent_id")?;
-        let session_revision = u64_col(&session, "revision")?;
-        let agent_revision: i64 = sqlx::query_scalar(
-            "UPDATE agents SET prompt_tokens = prompt_tokens + ?1,
-                 completion_tokens = completion_tokens + ?2, cost_micros = cost_micros + ?3,
-                 turns = turns + ?4, dispatches = dispatches + ?5,
-                 revision = revision + 1, updated_at = ?7
-             WHERE agent_id = ?6 RETURNING revision",
-        )
-        .bind(usage.prompt_tokens as i64)
-        .bind(usage.completion_tokens as i64)
-        .bind(cost_micros)
-        .bind(usage.turns as i64)
-        .bind(usage.dispatches as i64)
-        .bind(&agent_id)
-        .bind(now.as_millis())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(classify("recording usage"))?;
-        tx.commit().await.map_err(classify("recording usage"))?;
         let add = |total: &mut Usage| {
             total.prompt_tokens += usage.prompt_tokens;
             total.completion_tokens += usage.completion_tokens;
@@ -1311,7 +1427,7 @@ impl Store for SqliteStore {
             add(&mut s.usage);
             s.updated_at = now;
         });
-        cache.patch_agent(&agent_id, agent_revision.max(0) as u64, |a| {
+        cache.patch_agent(&agent_id, agent_revision, |a| {
             add(&mut a.usage);
             a.updated_at = now;
         });

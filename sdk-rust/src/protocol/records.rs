@@ -607,6 +607,20 @@ pub struct Dispatch {
     /// While it waits for the compute gate: where (never stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<super::GateWait>,
+    /// Where its time went outside the kernel.
+    #[serde(default)]
+    pub timing: DispatchTiming,
+}
+
+/// Time a dispatch spent waiting on things outside the kernel, summed over its turns.
+/// Its wall time minus these is the kernel's own share (plus the compute gate's wait).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DispatchTiming {
+    /// Model calls, from the request sent to the end of the streamed reply (retries included).
+    pub model_us: u64,
+    /// Bash commands, from spawn to exit and output collected.
+    pub tools_us: u64,
 }
 
 /// One row of the RuntimeLog: a command the kernel executed.

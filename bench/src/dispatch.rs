@@ -1,0 +1,474 @@
+//! Scenarios of the ReActUnit against the scripted LLM server: kernel overhead per
+//! turn, many concurrent sessions against the same load sent straight to the server,
+//! and the compute gate's priorities under saturation.
+//!
+//! The kernel runs as its own process here (the bench binary re-executed as
+//! `aos-bench kernel …`), so its memory can be read apart from the load generator's.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use aos_sdk::protocol::{DispatchStatus, DispatchTiming, StreamEvent};
+use aos_tests::llm::{Reply, ScriptedLlm};
+use aos_tests::{Api, copy_repo_skills};
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::Plan;
+use crate::report::{Figure, Section, percentile};
+
+/// A kernel in a child process: the bench binary as `aos-bench kernel`.
+struct KernelProcess {
+    child: tokio::process::Child,
+    api: Api,
+    _dir: tempfile::TempDir,
+}
+
+impl KernelProcess {
+    async fn start(llm: &ScriptedLlm, max_concurrent: Option<u32>) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let skills = copy_repo_skills(dir.path());
+        let home = dir.path().join("home");
+        let mut provider = json!({"name": "scripted", "baseUrl": llm.base_url, "maxRetries": 0});
+        if let Some(limit) = max_concurrent {
+            provider["maxConcurrent"] = json!(limit);
+        }
+        let config = dir.path().join("aoscb.json");
+        std::fs::write(
+            &config,
+            serde_json::to_string(&json!({
+                "defaultSkills": [{"name": "aos", "load": "enable", "pinned": true}],
+                "providers": [provider],
+                "defaultModel": "scripted/bench",
+                "maxTurns": 50,
+            }))?,
+        )?;
+        // The bench starts its own kernel process; it is killed on drop.
+        #[allow(clippy::disallowed_methods)]
+        let child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("kernel")
+            .arg(&home)
+            .arg(&skills)
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let url_file = home.join("api.url");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = loop {
+            if let Ok(url) = std::fs::read_to_string(&url_file)
+                && !url.trim().is_empty()
+            {
+                break url.trim().to_owned();
+            }
+            if Instant::now() > deadline {
+                bail!("the kernel process did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let token = std::fs::read_to_string(home.join("admin.token"))?
+            .trim()
+            .to_owned();
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(4096)
+            .tcp_nodelay(true)
+            .build()?;
+        let api = Api {
+            client: aos_sdk::Client::with_http(http, url, Some(token)),
+        };
+        Ok(Self {
+            child,
+            api,
+            _dir: dir,
+        })
+    }
+
+    /// Resident and peak memory of the kernel process, in KiB.
+    fn memory_kib(&self) -> (f64, f64) {
+        let pid = self.child.id().unwrap_or(0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+/// `aos-bench kernel <home> <skills> <aoscb.json>`: runs a kernel until stdin closes
+/// or it is killed.
+pub async fn serve_kernel(home: PathBuf, skills: PathBuf, config: PathBuf) -> Result<()> {
+    let mut kernel = aos_kernel::KernelConfig::new(home, skills);
+    kernel.port = 0;
+    kernel.system_file = Some(config);
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        kernel.service_bin_dirs = vec![dir.to_owned()];
+    }
+    aos_kernel::run(kernel, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+    .context("the kernel failed")
+}
+
+/// Runs one dispatch to its end; returns its wall time and id, or why it did not finish.
+async fn dispatch_once(api: &Api, session: &str, content: &str) -> Result<(Duration, String)> {
+    let started = Instant::now();
+    let dispatch = api.client.dispatch(session, content, false).await?;
+    let mut events = Box::pin(api.client.dispatch_events(&dispatch.dispatch_id).await?);
+    while let Some(event) = events.next().await {
+        if let StreamEvent::Done(done) = event? {
+            if done.status != DispatchStatus::Done {
+                bail!("dispatch ended {:?}: {:?}", done.status, done.error);
+            }
+            return Ok((started.elapsed(), dispatch.dispatch_id.clone()));
+        }
+    }
+    bail!("the stream ended without done")
+}
+
+async fn sessions(api: &Api, n: usize) -> Result<Vec<String>> {
+    let agent = api
+        .ok("agent.create", json!({"displayName": "bench"}))
+        .await["agentId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let session = api.ok("session.create", json!({"agentId": agent})).await;
+        out.push(session["sessionId"].as_str().unwrap_or_default().to_owned());
+    }
+    Ok(out)
+}
+
+/// Kernel overhead per ReAct turn: dispatches of 10 turns (9 `true` bash calls and an
+/// answer) against a server that answers at once. Each dispatch's wall time, seen by
+/// the client, minus the model and bash time the kernel measured around those calls
+/// (`timing` of its record), is what the kernel itself spent.
+pub async fn turn_overhead(plan: &Plan) -> Result<Section> {
+    const TURNS: u64 = 10;
+    let llm = ScriptedLlm::start();
+    llm.forget_requests();
+    llm.react_turns(TURNS as usize, "true");
+    let kernel = KernelProcess::start(&llm, None).await?;
+    let dispatches = if plan.rounds <= 1 { 5 } else { 60 };
+    // A fresh session each, so every dispatch sees the same context size.
+    let ids = sessions(&kernel.api, dispatches + 1).await?;
+    dispatch_once(&kernel.api, &ids[dispatches], "warm up").await?;
+    let (mut overhead, mut whole, mut model, mut shell) = (vec![], vec![], vec![], vec![]);
+    for (i, session) in ids[..dispatches].iter().enumerate() {
+        let (took, id) = dispatch_once(&kernel.api, session, &format!("task {i}")).await?;
+        let record = kernel
+            .api
+            .ok("dispatch.get", json!({"dispatchId": id}))
+            .await;
+        let timing: DispatchTiming = serde_json::from_value(record["timing"].clone())?;
+        if record["turns"].as_u64() != Some(TURNS) {
+            bail!("a dispatch ran {} turns, not {TURNS}", record["turns"]);
+        }
+        let wall = took.as_micros() as u64;
+        let outside = timing.model_us + timing.tools_us;
+        if outside > wall {
+            bail!(
+                "the kernel measured {outside} µs of model and bash time in a dispatch of {wall} µs"
+            );
+        }
+        overhead.push((wall - outside) / TURNS);
+        whole.push(wall / TURNS);
+        model.push(timing.model_us / TURNS);
+        shell.push(timing.tools_us / (TURNS - 1));
+    }
+    for samples in [&mut overhead, &mut whole, &mut model, &mut shell] {
+        samples.sort_unstable();
+    }
+    Ok(Section {
+        scenario: "Kernel overhead per ReAct turn".into(),
+        setup: format!(
+            "{dispatches} dispatches of {TURNS} turns each, each on a fresh session bootstrapped with the `aos` skill \
+             (9 bash calls of `true`, then an answer) \
+             against the scripted server with no added latency, through the HTTP API and the dispatch stream. A \
+             turn's overhead is the dispatch's wall time as the client saw it (from `session.dispatch` sent to `done` \
+             received), minus the model-call and bash time the kernel measured around those calls (the record's \
+             `timing`), divided by the turns: context projection, hooks (none registered), history writes and their \
+             events, the lease, the stream, the usage records, and the client's two HTTP requests. Absolute figures \
+             of this machine; percentiles over dispatches."
+        ),
+        figures: vec![
+            Figure::from_samples(
+                "overhead per turn, p50",
+                "µs",
+                &[percentile(&overhead, 0.5)],
+                "the figure",
+            ),
+            Figure::from_samples(
+                "overhead per turn, p99",
+                "µs",
+                &[percentile(&overhead, 0.99)],
+                "",
+            ),
+            Figure::from_samples(
+                "whole turn, p50",
+                "µs",
+                &[percentile(&whole, 0.5)],
+                "model + bash + kernel",
+            ),
+            Figure::from_samples(
+                "model call per turn, p50",
+                "µs",
+                &[percentile(&model, 0.5)],
+                "scripted server, streamed",
+            ),
+            Figure::from_samples(
+                "bash `true` per call, p50",
+                "µs",
+                &[percentile(&shell, 0.5)],
+                "spawn to exit",
+            ),
+        ],
+    })
+}
+
+/// `n` sessions, each running `k` one-turn dispatches back to back against a server
+/// that takes 200 ms, against `n` clients each making `k` such requests straight to
+/// the server.
+pub async fn many_sessions(plan: &Plan) -> Result<Section> {
+    const K: usize = 3;
+    let sizes: &[usize] = if plan.rounds <= 1 {
+        &[64]
+    } else {
+        &[64, 512, 2000]
+    };
+    let llm = Arc::new(ScriptedLlm::start());
+    llm.forget_requests();
+    llm.set_latency(Duration::from_millis(200));
+    llm.rule(|_| Reply::text("done").into());
+    let mut figures = Vec::new();
+    for &n in sizes {
+        let kernel = KernelProcess::start(&llm, None).await?;
+        let ids = Arc::new(sessions(&kernel.api, n).await?);
+        let idle = kernel.memory_kib().0;
+        let (mut ratios, mut aos_rates, mut direct_rates, mut rss) =
+            (vec![], vec![], vec![], vec![]);
+        let rounds = plan.rounds.clamp(1, 3);
+        for round in 0..=rounds {
+            // Straight to the server: n clients, k sequential requests each.
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(4096)
+                .tcp_nodelay(true)
+                .build()?;
+            let url = format!("{}/chat/completions", llm.base_url);
+            let started = Instant::now();
+            let direct: Vec<_> = (0..n)
+                .map(|_| {
+                    let (http, url) = (http.clone(), url.clone());
+                    tokio::spawn(async move {
+                        let body = json!({"model": "bench", "messages": [{"role": "user", "content": "go"}], "stream": true});
+                        let mut ok = 0usize;
+                        for _ in 0..K {
+                            if let Ok(r) = http.post(&url).json(&body).send().await
+                                && r.text().await.is_ok_and(|t| t.contains("[DONE]"))
+                            {
+                                ok += 1;
+                            }
+                        }
+                        ok
+                    })
+                })
+                .collect();
+            let mut done = 0;
+            for task in direct {
+                done += task.await.unwrap_or(0);
+            }
+            let direct_rate = done as f64 / started.elapsed().as_secs_f64();
+            // Through AOS.
+            let started = Instant::now();
+            let runs: Vec<_> = (0..n)
+                .map(|i| {
+                    let (api, ids) = (kernel.api.clone(), ids.clone());
+                    tokio::spawn(async move {
+                        let mut ok = 0usize;
+                        for j in 0..K {
+                            if dispatch_once(&api, &ids[i], &format!("task {j}"))
+                                .await
+                                .is_ok()
+                            {
+                                ok += 1;
+                            }
+                        }
+                        ok
+                    })
+                })
+                .collect();
+            let mut completed = 0;
+            for task in runs {
+                completed += task.await.unwrap_or(0);
+            }
+            let aos_rate = completed as f64 / started.elapsed().as_secs_f64();
+            let (_, peak) = kernel.memory_kib();
+            if completed != n * K {
+                bail!(
+                    "{} of {} turns completed through AOS at n = {n}",
+                    completed,
+                    n * K
+                );
+            }
+            eprintln!(
+                "  n = {n} round {round}: AOS {aos_rate:.0} turns/s, direct {direct_rate:.0} turns/s"
+            );
+            if round == 0 {
+                continue;
+            }
+            ratios.push(aos_rate / direct_rate);
+            aos_rates.push(aos_rate);
+            direct_rates.push(direct_rate);
+            rss.push(peak / 1024.0);
+        }
+        figures.push(Figure::from_samples(
+            &format!("turns/s through AOS ÷ direct, n = {n}"),
+            "ratio",
+            &ratios,
+            "the figure (target ≥ 0.95)",
+        ));
+        figures.push(Figure::from_samples(
+            &format!("turns/s through AOS, n = {n}"),
+            "turns/s",
+            &aos_rates,
+            "absolute, this machine",
+        ));
+        figures.push(Figure::from_samples(
+            &format!("turns/s direct, n = {n}"),
+            "turns/s",
+            &direct_rates,
+            "",
+        ));
+        figures.push(Figure::from_samples(
+            &format!("kernel RSS idle with {n} sessions"),
+            "MiB",
+            &[idle / 1024.0],
+            "absolute",
+        ));
+        figures.push(Figure::from_samples(
+            &format!("kernel peak RSS, n = {n} running"),
+            "MiB",
+            &rss,
+            "absolute",
+        ));
+    }
+    Ok(Section {
+        scenario: "Concurrent sessions against the scripted LLM (200 ms per call)".into(),
+        setup: format!(
+            "n sessions (of one agent, each bootstrapped with the `aos` skill), each running {K} dispatches one after the \
+             other; each dispatch is one turn (the model answers after 200 ms), so a turn writes the user message and the \
+             answer, takes the lease and streams to the client. Unlimited provider concurrency. Baseline: n clients each \
+             sending {K} requests one after the other straight to the same server. The figure is completed turns per \
+             second through AOS divided by the baseline's. The kernel runs in its own process; its memory is read from \
+             /proc."
+        ),
+        figures,
+    })
+}
+
+/// The compute gate under saturation: `maxConcurrent: 4`, 16 high-priority and 16
+/// low-priority sessions dispatching in closed loops.
+pub async fn priorities(plan: &Plan) -> Result<Section> {
+    let llm = ScriptedLlm::start();
+    llm.forget_requests();
+    llm.set_latency(Duration::from_millis(50));
+    llm.rule(|_| Reply::text("done").into());
+    let kernel = KernelProcess::start(&llm, Some(4)).await?;
+    let ids = sessions(&kernel.api, 32).await?;
+    for (i, id) in ids.iter().enumerate() {
+        let priority = if i < 16 { 10 } else { 0 };
+        kernel
+            .api
+            .ok(
+                "session.update",
+                json!({"sessionId": id, "priority": priority}),
+            )
+            .await;
+    }
+    let alone = dispatch_once(&kernel.api, &ids[0], "alone")
+        .await?
+        .0
+        .as_micros() as f64;
+    let window = plan.window.max(Duration::from_secs(1)) * 2;
+    let deadline = Instant::now() + window;
+    let loops: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let (api, id) = (kernel.api.clone(), id.clone());
+            tokio::spawn(async move {
+                let mut waits = Vec::new();
+                while Instant::now() < deadline {
+                    if let Ok(took) = dispatch_once(&api, &id, "go").await {
+                        waits.push(took.0.as_micros() as u64);
+                    }
+                }
+                (i < 16, waits)
+            })
+        })
+        .collect();
+    let (mut high, mut low) = (Vec::new(), Vec::new());
+    for task in loops {
+        let (is_high, waits) = task.await?;
+        if is_high {
+            high.extend(waits)
+        } else {
+            low.extend(waits)
+        }
+    }
+    high.sort_unstable();
+    low.sort_unstable();
+    let wait = |s: &[u64], p| (percentile(s, p) - alone).max(0.0) / 1000.0;
+    Ok(Section {
+        scenario: "Compute gate priorities under saturation".into(),
+        setup: format!(
+            "A provider with `maxConcurrent: 4` and 50 ms per call; 16 sessions of priority 10 and 16 of priority 0 each \
+             dispatch one-turn tasks in a closed loop for {:.0} s. Wait = a dispatch's wall time minus that of one dispatch \
+             on an idle kernel ({:.1} ms). {} high and {} low dispatches completed.",
+            window.as_secs_f64(),
+            alone / 1000.0,
+            high.len(),
+            low.len()
+        ),
+        figures: vec![
+            Figure::from_samples(
+                "high-priority wait p50",
+                "ms",
+                &[wait(&high, 0.5)],
+                "absolute",
+            ),
+            Figure::from_samples(
+                "low-priority wait p50",
+                "ms",
+                &[wait(&low, 0.5)],
+                "absolute",
+            ),
+            Figure::from_samples(
+                "high ÷ low wait p50",
+                "ratio",
+                &[wait(&high, 0.5) / wait(&low, 0.5).max(0.001)],
+                "the figure (lower is better)",
+            ),
+            Figure::from_samples("high-priority wait p99", "ms", &[wait(&high, 0.99)], ""),
+            Figure::from_samples("low-priority wait p99", "ms", &[wait(&low, 0.99)], ""),
+            Figure::from_samples(
+                "high / low dispatches completed",
+                "ratio",
+                &[high.len() as f64 / low.len().max(1) as f64],
+                "",
+            ),
+        ],
+    })
+}
