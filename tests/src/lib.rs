@@ -11,6 +11,7 @@
 // Test support: failing loudly with context is the point, so unwrap/expect are fine.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod dispatching;
 pub mod llm;
 
 use std::path::{Path, PathBuf};
@@ -38,7 +39,8 @@ pub fn copy_repo_skills(into: &Path) -> PathBuf {
     target
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -227,6 +229,7 @@ impl TestKernel {
             .unwrap()
             .trim()
             .to_owned();
+        wait_for_default_services(&url, &admin_token);
         Self {
             admin: Api::new(&url, Some(admin_token.clone())),
             kernel,
@@ -474,4 +477,69 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Blocks until every service the system's default skills start is running and has
+/// registered, so a test's first dispatch meets the same kernel every time. Panics
+/// with the service's error when one fails. Polls over HTTP from a thread of its own
+/// (callers may be inside a runtime).
+fn wait_for_default_services(url: &str, token: &str) {
+    let api = Api::new(url, Some(token.to_owned()));
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let system = api.ok("system.get", serde_json::json!({})).await;
+            let skills = api.ok("skill.list", serde_json::json!({})).await;
+            let indexed = |name: &str| {
+                skills
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|s| s["name"] == name && s["error"].is_null())
+            };
+            let wanted: Vec<String> = system["defaultSkills"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["start"] == "enable")
+                .filter_map(|r| r["name"].as_str().map(str::to_owned))
+                .filter(|name| indexed(name))
+                .collect();
+            loop {
+                let services = api.ok("service.list", serde_json::json!({})).await;
+                let services = services.as_array().cloned().unwrap_or_default();
+                let mut missing = Vec::new();
+                for name in &wanted {
+                    match services.iter().find(|s| s["skill"] == name.as_str()) {
+                        Some(s) if s["state"] == "failed" => {
+                            panic!("default service {name} failed: {}", s["lastError"])
+                        }
+                        Some(s)
+                            if s["state"] == "running"
+                                && (s["registered"]["hooks"]
+                                    .as_array()
+                                    .is_some_and(|h| !h.is_empty())
+                                    || s["registered"]["ops"]
+                                        .as_array()
+                                        .is_some_and(|o| !o.is_empty())) => {}
+                        _ => missing.push(name.clone()),
+                    }
+                }
+                if missing.is_empty() {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "default services not registered within 30 s: {missing:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
 }

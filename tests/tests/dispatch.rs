@@ -11,63 +11,11 @@ use std::time::Duration;
 use aos_kernel::auth::Owner;
 use aos_kernel::hooks::{HookHandler, NewRegistration};
 use aos_sdk::protocol::{DispatchStatus, ErrorCode, StreamEvent};
+use aos_tests::dispatching::{collect, configure, done, history, run};
 use aos_tests::llm::{Reply, ScriptedLlm, Step};
-use aos_tests::{Api, Setup, TestKernel, eventually};
+use aos_tests::{Setup, TestKernel, eventually};
 use async_trait::async_trait;
-use futures::StreamExt;
 use serde_json::{Value, json};
-
-async fn configure(kernel: &TestKernel, llm: &ScriptedLlm, tool_mode: &str) {
-    kernel
-        .admin
-        .ok(
-            "system.update",
-            json!({
-                "providers": [{"name": "scripted", "baseUrl": llm.base_url, "toolMode": tool_mode, "maxRetries": 3}],
-                "defaultModel": "scripted/test-model",
-            }),
-        )
-        .await;
-}
-
-/// Dispatches and follows the stream to `done`; returns every event.
-async fn run(api: &Api, session: &str, content: &str) -> Vec<StreamEvent> {
-    let started = api.client.dispatch(session, content, false).await.unwrap();
-    collect(api, &started.dispatch_id).await
-}
-
-async fn collect(api: &Api, dispatch_id: &str) -> Vec<StreamEvent> {
-    let stream = api.client.dispatch_events(dispatch_id).await.unwrap();
-    let events: Vec<StreamEvent> = tokio::time::timeout(
-        Duration::from_secs(60),
-        stream.map(Result::unwrap).collect(),
-    )
-    .await
-    .expect("the dispatch did not end within 60 s");
-    assert!(
-        matches!(events.last(), Some(StreamEvent::Done(_))),
-        "{events:?}"
-    );
-    events
-}
-
-fn done(events: &[StreamEvent]) -> &aos_sdk::protocol::StreamDone {
-    match events.last() {
-        Some(StreamEvent::Done(done)) => done,
-        other => panic!("no done: {other:?}"),
-    }
-}
-
-async fn history(api: &Api, session: &str) -> Vec<Value> {
-    api.ok(
-        "session.history.list",
-        json!({"sessionId": session, "limit": 1000}),
-    )
-    .await["items"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dispatch_runs_bash_until_a_final_answer_and_its_context_survives_a_restart() {
@@ -643,6 +591,15 @@ async fn a_guard_service_refuses_a_command_and_the_model_sees_why() {
     ]);
     let kernel = TestKernel::start_with(Setup::new());
     configure(&kernel, &llm, "native").await;
+    // The bundled aos-guard would refuse first; this test is about the example.
+    let bundled = kernel
+        .admin
+        .ok("service.list", json!({"skill": "aos-guard"}))
+        .await;
+    kernel
+        .admin
+        .ok("skill.stop", json!({"serviceId": bundled[0]["serviceId"]}))
+        .await;
     kernel
         .admin
         .ok("skill.start", json!({"name": "py-guard"}))

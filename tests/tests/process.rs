@@ -323,7 +323,7 @@ fn the_readme_tour_works() {
     let _kernel = SpawnedKernel::start(dir.path());
     let (code, status, _) = aos(dir.path(), &["status"]);
     assert_eq!(code, 0);
-    assert!(status.contains("skills: 3 indexed, 0 broken"), "{status}");
+    assert!(status.contains("skills: 6 indexed, 0 broken"), "{status}");
     let (_, agent, _) = aos(dir.path(), &["agent", "create", "--name", "researcher"]);
     let agent = agent.trim();
     assert!(agent.starts_with("agt_"), "{agent}");
@@ -343,7 +343,7 @@ fn the_readme_tour_works() {
         ],
     );
     assert_eq!(code, 0, "{appended}");
-    assert!(appended.contains("at seq 4"));
+    assert!(appended.contains("at seq 5"), "{appended}");
     let (_, history, _) = aos(dir.path(), &["session", "history", session]);
     let lines: Vec<String> = history
         .lines()
@@ -352,20 +352,24 @@ fn the_readme_tour_works() {
     assert_eq!(
         lines,
         vec![
-            "#1 user/aos [bootstrap begin] planned: aos".to_owned(),
+            "#1 user/aos [bootstrap begin] planned: aos, aos-skill".to_owned(),
             format!(
                 "#2 user/aos [skill-load aos (default), {} chars]",
-                aos_skill_chars()
+                skill_chars("aos")
             ),
-            "#3 user/aos [bootstrap done] loaded: aos".to_owned(),
-            "#4 user/human remember: the build runs on Fridays".to_owned(),
+            format!(
+                "#3 user/aos [skill-load aos-skill (default), {} chars]",
+                skill_chars("aos-skill")
+            ),
+            "#4 user/aos [bootstrap done] loaded: aos, aos-skill".to_owned(),
+            "#5 user/human remember: the build runs on Fridays".to_owned(),
         ]
     );
     let (_, found, _) = aos(
         dir.path(),
         &["session", "search", "--session", session, "fridays"],
     );
-    assert!(found.starts_with("#4"), "{found}");
+    assert!(found.starts_with("#5"), "{found}");
     let (_, skills, _) = aos(dir.path(), &["skill", "list"]);
     assert!(skills.lines().nth(1).unwrap().starts_with("aos"));
     for skill in ["event-logger", "py-guard"] {
@@ -374,7 +378,7 @@ fn the_readme_tour_works() {
         assert!(started.contains("state:      running"), "{started}");
     }
     let (_, services, _) = aos(dir.path(), &["service", "list"]);
-    assert_eq!(services.matches("running").count(), 2, "{services}");
+    assert_eq!(services.matches("running").count(), 4, "{services}");
     let (code, checked, _) = aos(
         dir.path(),
         &[
@@ -410,8 +414,9 @@ fn the_readme_tour_works() {
     );
 }
 
-fn aos_skill_chars() -> usize {
-    let text = std::fs::read_to_string(repo_root().join("skills/aos/SKILL.md")).unwrap();
+fn skill_chars(name: &str) -> usize {
+    let text =
+        std::fs::read_to_string(repo_root().join("skills").join(name).join("SKILL.md")).unwrap();
     let body = text.splitn(3, "---\n").nth(2).unwrap();
     body.trim().chars().count()
 }

@@ -151,7 +151,7 @@ async fn unfinished_bootstraps_complete_and_stale_leases_are_released() {
     assert_eq!(live["lastSeq"], 0);
     // The session that was fine before is untouched.
     let untouched = api.ok("session.get", json!({"sessionId": ready})).await;
-    assert_eq!(untouched["lastSeq"], 3);
+    assert_eq!(untouched["lastSeq"], 4);
     // Recovered sessions work.
     api.ok(
         "session.append",

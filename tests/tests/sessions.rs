@@ -69,15 +69,15 @@ async fn a_new_session_starts_with_bootstrap_markers_and_the_pinned_aos_skill_fi
             _ => None,
         })
         .collect();
-    assert_eq!(loads, vec!["aos", "shell"]);
+    assert_eq!(loads, vec!["aos", "aos-skill", "shell"]);
     assert!(
-        matches!(&parts[0], PartBody::Bootstrap { planned_names, .. } if planned_names == &["aos", "shell", "ghost"])
+        matches!(&parts[0], PartBody::Bootstrap { planned_names, .. } if planned_names == &["aos", "aos-skill", "shell", "ghost"])
     );
     match parts.last().unwrap() {
         PartBody::Bootstrap {
             loaded, skipped, ..
         } => {
-            assert_eq!(loaded, &["aos", "shell"]);
+            assert_eq!(loaded, &["aos", "aos-skill", "shell"]);
             assert_eq!(skipped.len(), 1);
             assert_eq!(skipped[0].name, "ghost");
             assert!(skipped[0].reason.contains("no skill `ghost`"));
@@ -87,7 +87,7 @@ async fn a_new_session_starts_with_bootstrap_markers_and_the_pinned_aos_skill_fi
     let messages: Vec<Message> = serde_json::from_value(history["items"].clone()).unwrap();
     assert_eq!(
         messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4]
+        vec![1, 2, 3, 4, 5]
     );
     assert!(messages.iter().all(|m| m.origin.to_string() == "aos"));
     let resolved = api
@@ -96,7 +96,10 @@ async fn a_new_session_starts_with_bootstrap_markers_and_the_pinned_aos_skill_fi
             json!({"sessionId": session.session_id}),
         )
         .await;
-    assert_eq!(resolved["load"], json!(["aos", "shell", "ghost"]));
+    assert_eq!(
+        resolved["load"],
+        json!(["aos", "aos-skill", "shell", "ghost"])
+    );
 }
 
 #[tokio::test]
@@ -178,8 +181,8 @@ async fn history_pages_ranges_and_search_work_and_bad_parts_are_refused() {
     }
     assert_eq!(
         seen,
-        (1..=28).collect::<Vec<_>>(),
-        "3 bootstrap messages and 25 appends, each once"
+        (1..=29).collect::<Vec<_>>(),
+        "4 bootstrap messages and 25 appends, each once"
     );
     let range = api
         .ok(
@@ -194,7 +197,7 @@ async fn history_pages_ranges_and_search_work_and_bad_parts_are_refused() {
             json!({"sessionId": session, "limit": 2, "descending": true}),
         )
         .await;
-    assert_eq!(newest["items"][0]["seq"], 28);
+    assert_eq!(newest["items"][0]["seq"], 29);
     let by_seq = api
         .ok(
             "session.history.get",
@@ -228,8 +231,8 @@ async fn history_pages_ranges_and_search_work_and_bad_parts_are_refused() {
         .map(|h| h["seq"].as_u64().unwrap())
         .collect();
     // Words match independently and as substrings: `2` hits lines 2, 12 and 20–25
-    // (seq = line + 3 bootstrap messages), newest first.
-    assert_eq!(seqs, vec![28, 27, 26, 25, 24, 23, 15, 5]);
+    // (seq = line + 4 bootstrap messages), newest first.
+    assert_eq!(seqs, vec![29, 28, 27, 26, 25, 24, 16, 6]);
     assert!(
         found["hits"][0]["snippet"]
             .as_str()
@@ -266,7 +269,7 @@ async fn history_pages_ranges_and_search_work_and_bad_parts_are_refused() {
         assert!(error.message.contains(needle), "{}", error.message);
     }
     let after = api.ok("session.get", json!({"sessionId": session})).await;
-    assert_eq!(after["lastSeq"], 28, "refused appends store nothing");
+    assert_eq!(after["lastSeq"], 29, "refused appends store nothing");
 }
 
 #[tokio::test]

@@ -116,11 +116,11 @@ hooks!(Transform, HookClass::Transform, {
     ToolEnv = "tool.env", ALL_OWNERS,
         "before a bash command runs, to add environment variables", "agentId, sessionId, toolCallId, args", "env";
     ToolAfter = "tool.after", ALL_OWNERS,
-        "after a bash command ran, to shape the result the model sees", "agentId, sessionId, toolCallId, rawResult", "result";
+        "after a bash command ran, to shape the result the model sees", "agentId, sessionId, toolCallId, rawResult, autoFoldThreshold", "result | contentId, sizeChars, lineCount, preview";
     ContextAssemble = "context.assemble", ALL_OWNERS,
-        "whenever the model's context must be built or updated", "agentId, sessionId, tokenBudget, trigger, triggerData?", "messages, estimatedTokens";
+        "whenever the model's context must be built or updated (the chain starts from `messages: null`; null at the end means the kernel's neutral projection)", "agentId, sessionId, dispatchId?, trigger, triggerData?, tokenBudget, model?, lastSeq", "messages, estimatedTokens?, compact?, contextRevision?, foldedRefCount?";
     ContextCompact = "context.compact", ALL_OWNERS,
-        "compaction (threshold or manual)", "agentId, sessionId, reason, proposedFromSeq, proposedToSeq", "mode, summaryPrompt?, summaryText?, fromSeq, toSeq, reinjectSkills";
+        "compaction (threshold or manual)", "agentId, sessionId, reason, proposedFromSeq, proposedToSeq, model?, tokenBudget", "mode, summaryPrompt?, summaryText?, fromSeq, toSeq, reinjectSkills";
     SkillDiscoveryResolve = "skill.discovery.resolve", ALL_OWNERS,
         "when a catalog refresh selects skills", "agentId?, sessionId?, query, candidates", "selected";
     ComputeModelResolve = "compute.model.resolve", ALL_OWNERS,

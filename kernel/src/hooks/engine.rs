@@ -124,6 +124,13 @@ pub struct HookRejection {
     pub reason: String,
 }
 
+/// An allow verdict that said why (`{action: "allow", reason}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explained {
+    pub skill: String,
+    pub reason: String,
+}
+
 /// Registered handlers, by hook name. Cheap to read concurrently.
 pub struct HookEngine {
     // Each entry is an immutable, sorted list replaced wholesale on change, so a call
@@ -294,11 +301,27 @@ impl HookEngine {
     where
         F: FnOnce() -> (Value, Value),
     {
+        self.admit_audited(hook, scope, build)
+            .await
+            .map(|(output, _)| output)
+    }
+
+    /// Like [`HookEngine::admit`], also returning the reasons allowing handlers gave.
+    pub async fn admit_audited<F>(
+        &self,
+        hook: Admission,
+        scope: HookScope<'_>,
+        build: F,
+    ) -> Result<(Option<Value>, Vec<Explained>), HookRejection>
+    where
+        F: FnOnce() -> (Value, Value),
+    {
         let name = hook.name();
         let Some(listeners) = self.listeners(name, scope) else {
-            return Ok(None);
+            return Ok((None, Vec::new()));
         };
         let (input, mut output) = build();
+        let mut reasons = Vec::new();
         for registration in listeners {
             let reply = match self.call(&registration, name, &input, &output, scope).await {
                 Ok(reply) => reply,
@@ -311,9 +334,15 @@ impl HookEngine {
                 }
             };
             match parse_admission(&reply) {
-                Ok(AdmissionReply::Allow(new_output)) => {
+                Ok(AdmissionReply::Allow(new_output, reason)) => {
                     if let Some(new_output) = new_output {
                         output = new_output;
+                    }
+                    if let Some(reason) = reason {
+                        reasons.push(Explained {
+                            skill: registration.skill.clone(),
+                            reason,
+                        });
                     }
                 }
                 Ok(AdmissionReply::Reject(reason)) => {
@@ -333,7 +362,7 @@ impl HookEngine {
                 }
             }
         }
-        Ok(Some(output))
+        Ok((Some(output), reasons))
     }
 
     /// Runs a transform chain. Returns `None` when nobody listened, otherwise the final
@@ -446,7 +475,7 @@ fn remove_service(table: &mut Table, service_id: &str) {
 }
 
 enum AdmissionReply {
-    Allow(Option<Value>),
+    Allow(Option<Value>, Option<String>),
     Reject(String),
 }
 
@@ -454,6 +483,10 @@ fn parse_admission(reply: &Value) -> Result<AdmissionReply, String> {
     match reply.get("action").and_then(Value::as_str) {
         Some("allow") => Ok(AdmissionReply::Allow(
             reply.get("output").filter(|v| !v.is_null()).cloned(),
+            reply
+                .get("reason")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         )),
         Some("reject") => Ok(AdmissionReply::Reject(
             reply

@@ -6,6 +6,6 @@ mod engine;
 
 pub use catalog::{Admission, EventName, HookClass, HookRef, HookSpec, Transform, markdown};
 pub use engine::{
-    DEFAULT_TIMEOUT, HookEngine, HookHandler, HookRejection, HookScope, INTERACTIVE_MAX_TIMEOUT,
-    MAX_TIMEOUT, NewRegistration, RegisterError,
+    DEFAULT_TIMEOUT, Explained, HookEngine, HookHandler, HookRejection, HookScope,
+    INTERACTIVE_MAX_TIMEOUT, MAX_TIMEOUT, NewRegistration, RegisterError,
 };

@@ -4,9 +4,11 @@
 //! (a lease with a TTL, renewed while it runs) and a FIFO run queue behind it, the
 //! stream of each dispatch (`GET /dispatches/{id}/stream`), interrupts, deadlines and
 //! shutdown. The loop itself is in [`run`]; providers in [`llm`]; the compute gate in
-//! [`gate`]; the bash executor in [`bash`]; the neutral context in [`projection`].
+//! [`gate`]; the bash executor in [`bash`]; context assembly in [`context`] (with the
+//! neutral projection of [`projection`] as its fallback).
 
 pub mod bash;
+pub mod context;
 pub mod gate;
 pub mod llm;
 pub mod projection;
@@ -18,14 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aos_sdk::protocol::{
-    Dispatch, DispatchStarted, DispatchStatus, ErrorCode, GateWait, Lease, Origin, SessionCb,
-    SessionPhase, SessionStatus, Timestamp, Usage,
+    AgentCb, Dispatch, DispatchStarted, DispatchStatus, ErrorCode, GateWait, Lease, Origin,
+    SessionCb, SessionPhase, SessionStatus, SystemCb, Timestamp, Usage,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Caller;
-use crate::hooks::EventName;
+use crate::hooks::{EventName, HookScope, Transform};
 use crate::ids::new_id;
 use crate::kernel::Kernel;
 use crate::syscall::SyscallError;
@@ -608,4 +610,139 @@ pub(crate) fn session_caller(agent_id: &str, session_id: &str) -> Caller {
         },
         token_id: None,
     }
+}
+
+/// The model a session's calls use unless `compute.model.resolve` says otherwise: the
+/// session's, the agent's, the environment's provider, the system default.
+pub(crate) fn default_model(
+    kernel: &Kernel,
+    system: &SystemCb,
+    agent: &AgentCb,
+    session: &SessionCb,
+) -> Option<String> {
+    session
+        .model
+        .clone()
+        .or_else(|| agent.model.clone())
+        .or_else(|| {
+            kernel
+                .dispatcher
+                .env_provider
+                .as_ref()
+                .map(|e| format!("{}/{}", llm::ENV_PROVIDER, e.model))
+        })
+        .or_else(|| system.default_model.clone())
+}
+
+/// `compute.model.resolve`, else `default`.
+pub(crate) async fn resolve_model(
+    kernel: &Kernel,
+    agent_id: &str,
+    session_id: &str,
+    dispatch_id: Option<&str>,
+    default: Option<&str>,
+    request_type: &str,
+) -> Result<String, SyscallError> {
+    let resolved = kernel
+        .hooks
+        .transform(Transform::ComputeModelResolve, HookScope::session(agent_id, session_id), || {
+            (
+                json!({"agentId": agent_id, "sessionId": session_id, "dispatchId": dispatch_id, "requestType": request_type}),
+                json!({"model": default}),
+            )
+        })
+        .await
+        .and_then(|out| out.get("model").and_then(Value::as_str).map(str::to_owned));
+    resolved.or_else(|| default.map(str::to_owned)).ok_or_else(|| {
+        SyscallError::new(
+            ErrorCode::ProviderUnavailable,
+            "no model is chosen: set `defaultModel` (`provider/model`) in aoscb.json, an agent's or session's `model`, or AOS_LLM_MODEL with AOS_LLM_BASE_URL (see docs/deployment.md)",
+        )
+    })
+}
+
+/// The provider and model name of a `provider/model` reference.
+pub(crate) fn find_provider<'a>(
+    providers: &'a [llm::Provider],
+    model_ref: &'a str,
+) -> Result<(&'a llm::Provider, &'a str), SyscallError> {
+    let Some((provider_name, model)) = llm::split_model(model_ref) else {
+        return Err(SyscallError::new(
+            ErrorCode::ProviderUnavailable,
+            format!("model `{model_ref}` must be written `provider/model` (e.g. `local/qwen2.5`)"),
+        ));
+    };
+    let Some(provider) = providers.iter().find(|p| p.name == provider_name) else {
+        return Err(SyscallError::new(
+            ErrorCode::ProviderUnavailable,
+            format!(
+                "no provider `{provider_name}` is configured (model `{model_ref}`); configured: {}",
+                providers
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    };
+    Ok((provider, model))
+}
+
+/// One model call without tools (a compaction summary): the session's model, through
+/// its provider's compute gate at `priority`. Returns the text and its usage.
+pub(crate) async fn complete(
+    kernel: &Arc<Kernel>,
+    session: &SessionCb,
+    dispatch_id: Option<&str>,
+    priority: i32,
+    messages: Vec<Value>,
+    cancel: &CancellationToken,
+) -> Result<(String, Usage), SyscallError> {
+    let system = kernel.system().await?;
+    let agent = kernel.get_agent(&session.agent_id).await?;
+    let providers = llm::providers(&system, kernel.dispatcher.env_provider.as_ref());
+    let default = default_model(kernel, &system, &agent, session);
+    let (agent_id, session_id) = (session.agent_id.as_str(), session.session_id.as_str());
+    let model_ref = resolve_model(
+        kernel,
+        agent_id,
+        session_id,
+        dispatch_id,
+        default.as_deref(),
+        "compaction",
+    )
+    .await?;
+    let (provider, model) = find_provider(&providers, &model_ref)?;
+    let body = json!({
+        "model": model,
+        "messages": messages,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    let waiter = dispatch_id.map_or_else(|| new_id("cmp_"), str::to_owned);
+    let permit = tokio::select! {
+        permit = kernel.dispatcher.gate.acquire(&provider.name, provider.max_concurrent, priority, &waiter, |_| {}) => permit,
+        () = cancel.cancelled() => return Err(SyscallError::new(ErrorCode::Timeout, "the compaction was interrupted while waiting for the model")),
+    };
+    let mut ignore_deltas = |_: &str| {};
+    let reply = tokio::select! {
+        reply = llm::call(&kernel.dispatcher.http, provider, &body, &mut ignore_deltas) => reply,
+        () = cancel.cancelled() => return Err(SyscallError::new(ErrorCode::Timeout, "the compaction was interrupted during the model call")),
+    };
+    drop(permit);
+    let reply = reply.map_err(|e| {
+        SyscallError::new(
+            ErrorCode::ProviderUnavailable,
+            format!("the summary call failed: {e}"),
+        )
+    })?;
+    let usage = Usage {
+        prompt_tokens: reply.prompt_tokens,
+        completion_tokens: reply.completion_tokens,
+        total_tokens: reply.prompt_tokens + reply.completion_tokens,
+        cost_usd: 0.0,
+        turns: 0,
+        dispatches: 0,
+    };
+    Ok((reply.text.trim().to_owned(), usage))
 }

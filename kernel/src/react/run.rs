@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::bash::{self, BashRequest};
-use super::projection::Projection;
+use super::context::{self, Neutral};
 use super::stream::DispatchStream;
 use super::{
     StopReason, Stopper, Work, llm, release_lease, renew_lease, session_caller, take_lease,
@@ -28,7 +28,6 @@ use super::{
 use crate::hooks::{Admission, EventName, HookScope, Transform};
 use crate::ids::new_id;
 use crate::kernel::Kernel;
-use crate::store::HistoryQuery;
 use crate::syscall::{AppendRequest, SyscallError, append_message};
 
 /// Longest deadline a bash call may ask for.
@@ -326,6 +325,8 @@ struct Place<'a> {
     system: SystemCb,
     workspace: std::path::PathBuf,
     token: String,
+    /// The session's, else the agent's, else the system's `autoFoldThreshold`.
+    auto_fold_threshold: u64,
 }
 
 impl Place<'_> {
@@ -354,32 +355,6 @@ impl Place<'_> {
         )
         .await?;
         Ok(message)
-    }
-}
-
-async fn load_history(kernel: &Kernel, session_id: &str) -> Result<Vec<Message>, SyscallError> {
-    let mut all = Vec::new();
-    let mut from = 1;
-    loop {
-        let page = kernel
-            .store
-            .list_messages(
-                session_id,
-                &HistoryQuery {
-                    from_seq: Some(from),
-                    limit: 1000,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let full = page.len() == 1000;
-        if let Some(last) = page.last() {
-            from = last.seq + 1;
-        }
-        all.extend(page);
-        if !full {
-            return Ok(all);
-        }
     }
 }
 
@@ -435,6 +410,7 @@ async fn execute_with(
             format!("cannot prepare the agent's workspace: {e}"),
         )
     })?;
+    let system_fold = system.auto_fold_threshold;
     let place = Place {
         kernel,
         agent_id,
@@ -443,22 +419,16 @@ async fn execute_with(
         system,
         workspace,
         token: token.to_owned(),
+        auto_fold_threshold: session
+            .auto_fold_threshold
+            .or(agent.auto_fold_threshold)
+            .unwrap_or(system_fold),
     };
     run.record.final_message_seq = Some(run.user_message.seq);
-    let mut projection = Projection::of(&load_history(kernel, session_id).await?);
-    let default_model = session
-        .model
-        .clone()
-        .or_else(|| agent.model.clone())
-        .or_else(|| {
-            kernel
-                .dispatcher
-                .env_provider
-                .as_ref()
-                .map(|e| format!("{}/{}", llm::ENV_PROVIDER, e.model))
-        })
-        .or_else(|| place.system.default_model.clone());
+    let mut neutral = Neutral::default();
+    let default_model = super::default_model(kernel, &place.system, &agent, &session);
     let mut trigger = "dispatch";
+    let mut compacted_this_turn = false;
     loop {
         if let Some(reason) = run.stopper.stopped() {
             return stop_outcome(&place, run, reason).await;
@@ -472,36 +442,52 @@ async fn execute_with(
                 ),
             ));
         }
-        let conversation = prepare(
+        let (conversation, compact) = prepare(
             &place,
-            &projection,
+            &mut neutral,
             trigger,
+            default_model.as_deref(),
             &run.user_message,
             &agent.display_name,
         )
-        .await;
-        let model_ref = resolve_model(&place, default_model.as_deref()).await?;
-        let Some((provider_name, model)) = llm::split_model(&model_ref) else {
-            return Err(SyscallError::new(
-                ErrorCode::ProviderUnavailable,
-                format!(
-                    "model `{model_ref}` must be written `provider/model` (e.g. `local/qwen2.5`)"
-                ),
-            ));
-        };
-        let Some(provider) = providers.iter().find(|p| p.name == provider_name) else {
-            return Err(SyscallError::new(
-                ErrorCode::ProviderUnavailable,
-                format!(
-                    "no provider `{provider_name}` is configured (model `{model_ref}`); configured: {}",
-                    providers
-                        .iter()
-                        .map(|p| p.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        };
+        .await?;
+        if compact && !compacted_this_turn {
+            // The engine says the context is past its budget: compact, then assemble
+            // again from the new boundary. At most once per turn.
+            compacted_this_turn = true;
+            let compacted = crate::sessions::compaction::compact(
+                kernel,
+                crate::sessions::compaction::Compaction {
+                    session_id,
+                    auto: true,
+                    dispatch: Some((&place.dispatch_id, run.record.priority, run.stopper.token())),
+                },
+            )
+            .await;
+            match compacted {
+                Ok(done) => {
+                    add(&mut run.record.usage, &done.usage);
+                    run.record.final_message_seq = Some(done.last_seq);
+                    neutral.reset();
+                    trigger = "incremental";
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(session_id, %error, "automatic compaction failed; the turn goes on with the full context");
+                }
+            }
+        }
+        compacted_this_turn = false;
+        let model_ref = super::resolve_model(
+            kernel,
+            agent_id,
+            session_id,
+            Some(&place.dispatch_id),
+            default_model.as_deref(),
+            "turn",
+        )
+        .await?;
+        let (provider, model) = super::find_provider(&providers, &model_ref)?;
         run.record.model = Some(model_ref.clone());
         let body = llm::request_body(model, conversation, provider.tool_mode);
         let body = kernel
@@ -586,7 +572,7 @@ async fn execute_with(
                     }],
                 )
                 .await?;
-            projection.push(&message);
+            neutral.push(&message);
             run.record.final_message_seq = Some(message.seq);
             run.stream.push(StreamEvent::Message(StreamMessage {
                 seq: message.seq,
@@ -625,7 +611,7 @@ async fn execute_with(
             }
             parts.push(PartBody::Bash(part));
             let message = place.write(Role::Assistant, Origin::Agent, parts).await?;
-            projection.push(&message);
+            neutral.push(&message);
             run.record.final_message_seq = Some(message.seq);
             run.stream.push(StreamEvent::ToolResult(StreamToolResult {
                 seq: message.seq,
@@ -712,28 +698,32 @@ async fn stop_outcome(
     }
 }
 
-/// The conversation for one model call: system prompt, then the context.
+/// The conversation for one model call: system prompt, then the context; and whether
+/// the context engine asks for compaction first.
 async fn prepare(
     place: &Place<'_>,
-    projection: &Projection,
+    neutral: &mut Neutral,
     trigger: &str,
+    model: Option<&str>,
     user_message: &Message,
     agent_name: &str,
-) -> Vec<Value> {
+) -> Result<(Vec<Value>, bool), SyscallError> {
     let (kernel, agent_id, session_id) = (place.kernel, place.agent_id, place.session_id);
-    let default_context = projection.messages();
-    let budget = place.system.compaction_threshold;
-    let context = kernel
-        .hooks
-        .transform(Transform::ContextAssemble, place.scope(), || {
-            (
-                json!({"agentId": agent_id, "sessionId": session_id, "dispatchId": place.dispatch_id, "tokenBudget": budget, "trigger": trigger}),
-                json!({"messages": default_context.clone(), "estimatedTokens": projection.estimated_tokens()}),
-            )
-        })
-        .await
-        .and_then(|out| out.get("messages").and_then(Value::as_array).cloned())
-        .unwrap_or(default_context);
+    let session = kernel.get_session(session_id).await?;
+    let assembly = context::assemble(
+        kernel,
+        context::Request {
+            session: &session,
+            dispatch_id: Some(&place.dispatch_id),
+            trigger,
+            trigger_data: None,
+            model,
+            token_budget: place.system.compaction_threshold,
+        },
+        neutral,
+    )
+    .await?;
+    let (context, compact) = (assembly.messages, assembly.compact);
     let user_text = user_message.parts.iter().find_map(|p| match &p.body {
         PartBody::Text { text } => Some(text.clone()),
         _ => None,
@@ -755,7 +745,7 @@ async fn prepare(
         messages.push(json!({"role": "system", "content": system}));
     }
     messages.extend(context);
-    kernel
+    let messages = kernel
         .hooks
         .transform(Transform::SessionMessagesTransform, place.scope(), || {
             (
@@ -765,7 +755,8 @@ async fn prepare(
         })
         .await
         .and_then(|out| out.get("messages").and_then(Value::as_array).cloned())
-        .unwrap_or(messages)
+        .unwrap_or(messages);
+    Ok((messages, compact))
 }
 
 /// The neutral system prompt: where the agent is and what it has, nothing more.
@@ -780,28 +771,6 @@ fn default_system_prompt(
     )
 }
 
-async fn resolve_model(place: &Place<'_>, default: Option<&str>) -> Result<String, SyscallError> {
-    let (agent_id, session_id) = (place.agent_id, place.session_id);
-    let resolved = place
-        .kernel
-        .hooks
-        .transform(Transform::ComputeModelResolve, place.scope(), || {
-            (
-                json!({"agentId": agent_id, "sessionId": session_id, "dispatchId": place.dispatch_id, "requestType": "turn"}),
-                json!({"model": default}),
-            )
-        })
-        .await
-        .and_then(|out| out.get("model").and_then(Value::as_str).map(str::to_owned));
-    resolved.or_else(|| default.map(str::to_owned)).ok_or_else(|| {
-        SyscallError::new(
-            ErrorCode::ProviderUnavailable,
-            "no model is chosen: set `defaultModel` (`provider/model`) in aoscb.json, an agent's or session's `model`, or AOS_LLM_MODEL with AOS_LLM_BASE_URL (see docs/deployment.md)",
-        )
-    })
-}
-
-/// A bash call from the model, up to its part in history.
 async fn tool(
     place: &Place<'_>,
     run: &mut Run,
@@ -842,16 +811,18 @@ async fn tool(
         .await
         .and_then(|out| out.get("env").and_then(Value::as_object).cloned())
         .unwrap_or_default();
+    let workspace = place.workspace.display().to_string();
     let admitted = kernel
         .hooks
-        .admit(Admission::ToolBefore, place.scope(), || {
+        .admit_audited(Admission::ToolBefore, place.scope(), || {
             (
-                json!({"agentId": agent_id, "sessionId": session_id, "dispatchId": place.dispatch_id, "toolCallId": call.id, "args": args}),
+                json!({"agentId": agent_id, "sessionId": session_id, "dispatchId": place.dispatch_id, "toolCallId": call.id, "args": args, "workspace": workspace}),
                 json!({"args": args}),
             )
         })
         .await;
-    match admitted {
+    audit_admission(place, call, &raw_command, &admitted).await;
+    match admitted.map(|(out, _)| out) {
         Err(rejection) => return Ok(refused(raw_command, format!("refused: {rejection}"))),
         Ok(Some(out)) => {
             if let Some(rewritten) = out.get("args").filter(|a| a.is_object()) {
@@ -956,7 +927,7 @@ async fn tool(
         .hooks
         .transform(Transform::ToolAfter, place.scope(), || {
             (
-                json!({"agentId": agent_id, "sessionId": session_id, "dispatchId": place.dispatch_id, "toolCallId": call.id, "rawResult": raw}),
+                json!({"agentId": agent_id, "sessionId": session_id, "dispatchId": place.dispatch_id, "toolCallId": call.id, "rawResult": raw, "autoFoldThreshold": place.auto_fold_threshold}),
                 json!({"result": visible.clone()}),
             )
         })
@@ -1029,14 +1000,57 @@ async fn tool(
     })
 }
 
+/// RuntimeLog rows for the reasons `tool.before` handlers gave: every refusal, and
+/// every allow that names why (a policy service's rule), so decisions are audited.
+async fn audit_admission(
+    place: &Place<'_>,
+    call: &llm::ToolCall,
+    command: &str,
+    admitted: &Result<(Option<Value>, Vec<crate::hooks::Explained>), crate::hooks::HookRejection>,
+) {
+    let rows: Vec<(String, &str, String)> = match admitted {
+        Ok((_, reasons)) => reasons
+            .iter()
+            .map(|r| (r.skill.clone(), "allowed", r.reason.clone()))
+            .collect(),
+        Err(rejection) => vec![(
+            rejection.skill.clone(),
+            "rejected",
+            rejection.reason.clone(),
+        )],
+    };
+    for (skill, outcome, reason) in rows {
+        place
+            .kernel
+            .log
+            .record(LogEntry {
+                seq: 0,
+                id: new_id("log_"),
+                ts: Timestamp::now(),
+                caller: format!("service:{skill}"),
+                op: "tool.admission".into(),
+                agent_id: Some(place.agent_id.to_owned()),
+                session_id: Some(place.session_id.to_owned()),
+                outcome: outcome.into(),
+                duration_us: 0,
+                targets: Some(json!({"dispatchId": place.dispatch_id, "toolCallId": call.id, "command": command})),
+                data: Some(json!({"hook": "tool.before", "skill": skill, "reason": reason})),
+            })
+            .await;
+    }
+}
+
 /// The environment of a bash command: a scrubbed base, what `tool.env` adds, and the
 /// kernel's own variables (which `tool.env` cannot replace).
 fn environment(place: &Place<'_>, extra: &serde_json::Map<String, Value>) -> Vec<(String, String)> {
     let inherit = |name: &str| std::env::var(name).ok().map(|v| (name.to_owned(), v));
     let bin_dirs = &place.kernel.services.paths.bin_dirs;
-    let path = std::env::join_paths(bin_dirs.iter().cloned().chain(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    )))
+    // The kernel's binaries (the `aos` CLI) first, then every skill's `scripts/`, then
+    // the system's PATH.
+    let scripts = place.kernel.skills.snapshot().script_dirs();
+    let path = std::env::join_paths(bin_dirs.iter().cloned().chain(scripts).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
     .map(|p| p.to_string_lossy().into_owned())
     .unwrap_or_default();
     let mut env: Vec<(String, String)> = ["USER", "LOGNAME", "TZ", "TMPDIR", "LANG", "LC_ALL"]
@@ -1071,6 +1085,10 @@ fn environment(place: &Place<'_>, extra: &serde_json::Map<String, Value>) -> Vec
         ("AOS_SESSION_ID", place.session_id.to_owned()),
         ("AOS_DISPATCH_ID", place.dispatch_id.clone()),
         ("AOS_WORKSPACE", place.workspace.display().to_string()),
+        (
+            "AOS_SKILL_ROOT",
+            place.kernel.config.skill_root.display().to_string(),
+        ),
     ] {
         env.push((key.to_owned(), value));
     }

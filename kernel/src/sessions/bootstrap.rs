@@ -55,7 +55,7 @@ pub async fn create(
         updated_at: now,
         archived_at: None,
     };
-    let planned = planned_skills(kernel, &session).await?;
+    let planned = default_names(kernel, &session).await?;
     let scope = HookScope::session(&session.agent_id, &session.session_id);
     // Admission runs before anything is stored, so a refusal leaves no trace but the
     // RuntimeLog row.
@@ -106,7 +106,10 @@ pub async fn create(
 }
 
 /// The default skills a session would load now.
-async fn planned_skills(kernel: &Kernel, session: &SessionCb) -> Result<Vec<String>, SyscallError> {
+pub(crate) async fn default_names(
+    kernel: &Kernel,
+    session: &SessionCb,
+) -> Result<Vec<String>, SyscallError> {
     let system = kernel.system().await?;
     let agent = kernel.get_agent(&session.agent_id).await?;
     Ok(resolve(&[
@@ -184,7 +187,7 @@ pub async fn run(
             (None, given) => {
                 let planned = match given {
                     Some(p) => p,
-                    None => planned_skills(kernel, &session).await?,
+                    None => default_names(kernel, &session).await?,
                 };
                 write(vec![PartBody::Bootstrap {
                     phase: BootstrapPhase::Begin,

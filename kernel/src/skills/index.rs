@@ -53,6 +53,16 @@ impl Snapshot {
         self.by_name.get(name)
     }
 
+    /// The `scripts/` directories of usable skills, by skill name: bash's PATH holds
+    /// them, so a skill's scripts run by name.
+    pub fn script_dirs(&self) -> Vec<PathBuf> {
+        self.by_name
+            .values()
+            .map(|skill| skill.dir.join("scripts"))
+            .filter(|dir| dir.is_dir())
+            .collect()
+    }
+
     pub fn usable_count(&self) -> usize {
         self.by_name.len()
     }

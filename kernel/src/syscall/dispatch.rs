@@ -1,18 +1,17 @@
 //! `session.dispatch`, `dispatch.*` and the context views: running the agent.
 
 use aos_sdk::protocol::{
-    ContextView, Dispatch, DispatchIdParams, DispatchListParams, DispatchStarted, ErrorCode,
-    IfBusy, Page, Role, SessionDispatchParams, SessionIdParams,
+    Dispatch, DispatchIdParams, DispatchListParams, DispatchStarted, ErrorCode, IfBusy, Page, Role,
+    SessionDispatchParams,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::session::require_ready;
 use super::validate;
 use super::{Access, Ctx, OpKind, OpSpec, Out, SyscallError, op};
-use crate::hooks::{Admission, HookScope, Transform};
-use crate::react::projection::Projection;
+use crate::hooks::{Admission, HookScope};
 use crate::react::{Work, llm, new_record};
-use crate::store::{HistoryQuery, ListQuery};
+use crate::store::ListQuery;
 
 /// Largest user message of a dispatch, in characters.
 const MAX_MESSAGE_CHARS: usize = 256 * 1024;
@@ -42,26 +41,6 @@ pub(super) fn ops() -> Vec<OpSpec> {
             Access::Scoped,
             "List dispatches, newest last, optionally of one session or status; scoped tokens see their own agent's.",
             list,
-        ),
-        op(
-            "session.context.get",
-            OpKind::Query,
-            Access::Session {
-                field: "sessionId",
-                write: false,
-            },
-            "The context the model would get next: history projected, then `context.assemble` (trigger `rebuild`).",
-            context_get,
-        ),
-        op(
-            "session.context.rebuild",
-            OpKind::Query,
-            Access::Session {
-                field: "sessionId",
-                write: false,
-            },
-            "Rebuild the context from history (`context.assemble`, trigger `rebuild`) and show it.",
-            context_get,
         ),
     ]
 }
@@ -203,65 +182,4 @@ async fn list(ctx: Ctx, params: DispatchListParams) -> Result<Out<Page<Dispatch>
         .map(|d| ctx.kernel.dispatcher.enrich(d))
         .collect();
     Ok(Out::new(Page { items, next_cursor }))
-}
-
-async fn context_get(ctx: Ctx, params: SessionIdParams) -> Result<Out<ContextView>, SyscallError> {
-    let kernel = &ctx.kernel;
-    let session = kernel.get_session(&params.session_id).await?;
-    let mut messages = Vec::new();
-    let mut from = 1;
-    loop {
-        let page = kernel
-            .store
-            .list_messages(
-                &session.session_id,
-                &HistoryQuery {
-                    from_seq: Some(from),
-                    limit: 1000,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let full = page.len() == 1000;
-        if let Some(last) = page.last() {
-            from = last.seq + 1;
-        }
-        messages.extend(page);
-        if !full {
-            break;
-        }
-    }
-    let last_seq = messages.last().map_or(0, |m| m.seq);
-    let projection = Projection::of(&messages);
-    let default_messages = projection.messages();
-    let estimated = projection.estimated_tokens();
-    let budget = kernel.system().await?.compaction_threshold;
-    let (agent_id, session_id) = (session.agent_id.as_str(), session.session_id.as_str());
-    let assembled = kernel
-        .hooks
-        .transform(Transform::ContextAssemble, HookScope::session(agent_id, session_id), || {
-            (
-                json!({"agentId": agent_id, "sessionId": session_id, "tokenBudget": budget, "trigger": "rebuild"}),
-                json!({"messages": default_messages.clone(), "estimatedTokens": estimated}),
-            )
-        })
-        .await;
-    let (messages, estimated_tokens) = match assembled {
-        Some(out) => (
-            out.get("messages")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or(default_messages),
-            out.get("estimatedTokens")
-                .and_then(Value::as_u64)
-                .unwrap_or(estimated),
-        ),
-        None => (default_messages, estimated),
-    };
-    Ok(Out::new(ContextView {
-        session_id: session.session_id.clone(),
-        messages,
-        estimated_tokens,
-        last_seq,
-    }))
 }

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use aos_sdk::protocol::ErrorCode;
 use serde_json::{Map, Value};
 
-use super::{Availability, Registry};
+use super::Registry;
 
 /// The full syscall reference as Markdown.
 pub fn markdown(registry: &Registry) -> String {
@@ -26,22 +26,15 @@ pub fn markdown(registry: &Registry) -> String {
          wrong type is refused with `invalid.params` and a message naming the field. *Access* says which \
          tokens may call the operation (see `docs/security.md`).\n\n",
     );
-    out.push_str("| op | kind | access | status |\n|---|---|---|---|\n");
+    out.push_str("| op | kind | access |\n|---|---|---|\n");
     for spec in registry.iter() {
-        let status = match spec.availability {
-            Availability::Available => "available".to_owned(),
-            Availability::NotYet { arrives_with } => {
-                format!("not yet available — arrives with {arrives_with}")
-            }
-        };
         let _ = writeln!(
             out,
-            "| [`{}`](#{}) | {} | {} | {} |",
+            "| [`{}`](#{}) | {} | {} |",
             spec.name,
             spec.name.replace('.', ""),
             spec.kind.as_str(),
             spec.access.describe(),
-            status
         );
     }
     out.push_str("\n## Error codes\n\n| code | HTTP status |\n|---|---|\n");
@@ -58,12 +51,6 @@ pub fn markdown(registry: &Registry) -> String {
             spec.access.describe(),
             spec.result
         );
-        if let Availability::NotYet { arrives_with } = spec.availability {
-            let _ = write!(
-                out,
-                " · **Not yet available** (arrives with {arrives_with}; calls answer `unavailable`)"
-            );
-        }
         out.push_str("\n\n");
         params_table(&mut out, &(spec.params_schema)());
     }

@@ -7,6 +7,7 @@
 
 mod agent;
 mod content;
+mod context;
 mod dispatch;
 mod docs;
 mod history;
@@ -185,16 +186,6 @@ impl Access {
     }
 }
 
-/// Whether an operation works in this build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Availability {
-    Available,
-    /// Registered so the surface is complete, but provided by a later part of AOS.
-    NotYet {
-        arrives_with: &'static str,
-    },
-}
-
 /// What a handler hands back: data, the new revision of a changed control block, and
 /// the ids the RuntimeLog should record.
 #[derive(Debug)]
@@ -256,7 +247,6 @@ pub struct OpSpec {
     pub kind: OpKind,
     pub access: Access,
     pub description: &'static str,
-    pub availability: Availability,
     pub params_schema: fn() -> Value,
     /// Name of the result type, for the docs.
     pub result: String,
@@ -329,7 +319,6 @@ where
         kind,
         access,
         description,
-        availability: Availability::Available,
         params_schema: schema_of::<P>,
         result: short_type_name::<R>(),
         handler: Arc::new(move |ctx, params| {
@@ -355,36 +344,6 @@ where
     }
 }
 
-/// Registers an operation that a later part of AOS provides; calling it answers
-/// `unavailable` with a message saying so.
-fn not_yet<P: JsonSchema>(
-    name: &'static str,
-    kind: OpKind,
-    access: Access,
-    description: &'static str,
-    arrives_with: &'static str,
-) -> OpSpec {
-    OpSpec {
-        name,
-        kind,
-        access,
-        description,
-        availability: Availability::NotYet { arrives_with },
-        params_schema: schema_of::<P>,
-        result: "-".to_owned(),
-        handler: Arc::new(move |_, _| {
-            Box::pin(async move {
-                Err(SyscallError::new(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "`{name}` is not yet available in this build: it arrives with {arrives_with}"
-                    ),
-                ))
-            })
-        }),
-    }
-}
-
 /// Every kernel operation, by name.
 #[derive(Debug)]
 pub struct Registry {
@@ -400,6 +359,7 @@ impl Registry {
             .chain(agent::ops())
             .chain(session::ops())
             .chain(dispatch::ops())
+            .chain(context::ops())
             .chain(history::ops())
             .chain(content::ops())
             .chain(skill::ops())
@@ -444,12 +404,7 @@ impl Registry {
                 kind: spec.kind.as_str().to_owned(),
                 description: spec.description.to_owned(),
                 access: spec.access.describe().to_owned(),
-                status: match spec.availability {
-                    Availability::Available => "available".to_owned(),
-                    Availability::NotYet { arrives_with } => {
-                        format!("not yet available (arrives with {arrives_with})")
-                    }
-                },
+                status: "available".to_owned(),
                 provided_by: None,
                 params: (spec.params_schema)(),
             })

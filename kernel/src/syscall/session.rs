@@ -3,23 +3,20 @@
 //! passes `session.message.beforeWrite` and announces itself with `context.ingest`.
 
 use aos_sdk::protocol::{
-    Appended, BashState, ContextRefParams, ErrorCode, Message, MessageInput, Origin, Page, Part,
-    PartBody, Role, SessionAppendParams, SessionCb, SessionCreateParams, SessionIdParams,
-    SessionInterruptParams, SessionListParams, SessionPhase, SessionStatus, SessionUpdateParams,
-    Timestamp,
+    Appended, BashState, ErrorCode, Message, MessageInput, Origin, Page, Part, PartBody, Role,
+    SessionAppendParams, SessionCb, SessionCreateParams, SessionIdParams, SessionInterruptParams,
+    SessionListParams, SessionPhase, SessionStatus, SessionUpdateParams, Timestamp,
 };
 use serde_json::{Value, json};
 
 use super::validate::{self, Layer};
-use super::{Access, Ctx, OpKind, OpSpec, Out, SyscallError, not_yet, op};
+use super::{Access, Ctx, OpKind, OpSpec, Out, SyscallError, op};
 use crate::hooks::{Admission, EventName, HookScope};
 use crate::ids::new_id;
 use crate::kernel::Kernel;
 use crate::services::reconcile;
 use crate::sessions::bootstrap;
 use crate::store::{ListQuery, NewMessage};
-
-const CONTEXT: &str = "the context engine skill (aos-context)";
 
 pub(super) fn ops() -> Vec<OpSpec> {
     vec![
@@ -89,46 +86,6 @@ pub(super) fn ops() -> Vec<OpSpec> {
             },
             "Archive a session: history stays readable, changes are refused. Refused while a dispatch holds the lease.",
             archive,
-        ),
-        not_yet::<SessionIdParams>(
-            "session.compact",
-            OpKind::Command,
-            Access::Session {
-                field: "sessionId",
-                write: true,
-            },
-            "Compact the session's context: append a marker/summary boundary and reinject skills.",
-            CONTEXT,
-        ),
-        not_yet::<ContextRefParams>(
-            "session.context.fold",
-            OpKind::Command,
-            Access::Session {
-                field: "sessionId",
-                write: true,
-            },
-            "Replace a history message or part with a placeholder in the context (history is unchanged).",
-            CONTEXT,
-        ),
-        not_yet::<ContextRefParams>(
-            "session.context.unfold",
-            OpKind::Command,
-            Access::Session {
-                field: "sessionId",
-                write: true,
-            },
-            "Restore a folded message or part in the context.",
-            CONTEXT,
-        ),
-        not_yet::<SessionIdParams>(
-            "session.context.compact",
-            OpKind::Command,
-            Access::Session {
-                field: "sessionId",
-                write: true,
-            },
-            "Same as session.compact.",
-            CONTEXT,
         ),
     ]
 }

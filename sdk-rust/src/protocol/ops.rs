@@ -655,11 +655,35 @@ pub struct DispatchListParams {
 #[serde(rename_all = "camelCase")]
 pub struct ContextView {
     pub session_id: String,
-    /// Chat messages in the OpenAI format.
+    /// Chat messages in the OpenAI format, as the model gets them.
     pub messages: Vec<Value>,
+    pub message_count: u64,
+    /// Per message, the engine's provenance (`{sourceMessageId, sourcePartId, kind,
+    /// seq}`), when the engine gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Vec<Value>>,
     pub estimated_tokens: u64,
-    /// Seq of the newest history message included.
+    /// Seq of the newest history message.
     pub last_seq: u64,
+    /// True when a context engine built it; false for the kernel's neutral projection.
+    pub engine: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_revision: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folded_ref_count: Option<u64>,
+    /// Where the context starts (the latest compaction marker), when the engine says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boundary_seq: Option<u64>,
+}
+
+/// `session.compact` / `session.context.compact`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SessionCompactParams {
+    pub session_id: String,
+    /// Mark the boundary as automatic (default false).
+    #[serde(default)]
+    pub auto: Option<bool>,
 }
 
 /// `session.context.fold` / `unfold`: a history message, or one part of it.

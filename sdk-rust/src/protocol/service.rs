@@ -614,6 +614,9 @@ impl From<&Event> for EventParams {
 pub enum Verdict {
     Allow,
     AllowWith(Value),
+    /// Allow, saying why (the kernel audits the reason: `tool.admission` rows for
+    /// `tool.before`), optionally with a new output.
+    AllowBecause(String, Option<Value>),
     Reject(String),
     Output(Value),
     Keep,
@@ -626,6 +629,10 @@ impl Verdict {
         match self {
             Verdict::Allow => json!({"action": "allow"}),
             Verdict::AllowWith(output) => json!({"action": "allow", "output": output}),
+            Verdict::AllowBecause(reason, None) => json!({"action": "allow", "reason": reason}),
+            Verdict::AllowBecause(reason, Some(output)) => {
+                json!({"action": "allow", "reason": reason, "output": output})
+            }
             Verdict::Reject(reason) => json!({"action": "reject", "reason": reason}),
             Verdict::Output(output) => json!({"output": output}),
             Verdict::Keep => json!({}),
