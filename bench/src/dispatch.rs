@@ -20,14 +20,34 @@ use crate::Plan;
 use crate::report::{Figure, Section, percentile};
 
 /// A kernel in a child process: the bench binary as `aos-bench kernel`.
-struct KernelProcess {
+pub(crate) struct KernelProcess {
     child: tokio::process::Child,
-    api: Api,
+    pub(crate) api: Api,
     _dir: tempfile::TempDir,
+}
+
+/// Which skills the kernel runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Harness {
+    /// Only the `aos` manual: the kernel's own costs, neutral context.
+    Bare,
+    /// The repository's defaults: `aos` and `aos-skill` loaded, `aos-context` and
+    /// `aos-guard` running.
+    Default,
 }
 
 impl KernelProcess {
     async fn start(llm: &ScriptedLlm, max_concurrent: Option<u32>) -> Result<Self> {
+        Self::start_with(llm, max_concurrent, Harness::Bare, json!({})).await
+    }
+
+    /// A kernel with `harness` and extra system settings (merged into aoscb.json).
+    pub(crate) async fn start_with(
+        llm: &ScriptedLlm,
+        max_concurrent: Option<u32>,
+        harness: Harness,
+        settings: serde_json::Value,
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let skills = copy_repo_skills(dir.path());
         let home = dir.path().join("home");
@@ -36,15 +56,25 @@ impl KernelProcess {
             provider["maxConcurrent"] = json!(limit);
         }
         let config = dir.path().join("aoscb.json");
-        std::fs::write(
-            &config,
-            serde_json::to_string(&json!({
-                "defaultSkills": [{"name": "aos", "load": "enable", "pinned": true}],
-                "providers": [provider],
-                "defaultModel": "scripted/bench",
-                "maxTurns": 50,
-            }))?,
-        )?;
+        let defaults = match harness {
+            Harness::Bare => json!([{"name": "aos", "load": "enable", "pinned": true}]),
+            Harness::Default => {
+                let repo: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+                    aos_tests::repo_root().join("aoscb.json"),
+                )?)?;
+                repo["defaultSkills"].clone()
+            }
+        };
+        let mut system = json!({
+            "defaultSkills": defaults,
+            "providers": [provider],
+            "defaultModel": "scripted/bench",
+            "maxTurns": 50,
+        });
+        if let (Some(system), Some(extra)) = (system.as_object_mut(), settings.as_object()) {
+            system.extend(extra.clone());
+        }
+        std::fs::write(&config, serde_json::to_string(&system)?)?;
         // The bench starts its own kernel process; it is killed on drop.
         #[allow(clippy::disallowed_methods)]
         let child = tokio::process::Command::new(std::env::current_exe()?)
@@ -79,6 +109,9 @@ impl KernelProcess {
         let api = Api {
             client: aos_sdk::Client::with_http(http, url, Some(token)),
         };
+        if harness == Harness::Default {
+            wait_for_hooks(&api, &["context.assemble", "tool.before"]).await?;
+        }
         Ok(Self {
             child,
             api,
@@ -102,6 +135,29 @@ impl KernelProcess {
     }
 }
 
+/// Waits until services have registered `hooks`.
+async fn wait_for_hooks(api: &Api, hooks: &[&str]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = api.client.call("hook.list", json!({})).await?;
+        let registered: Vec<String> = listed
+            .data
+            .as_ref()
+            .and_then(|d| d.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h["hook"].as_str().map(str::to_owned))
+            .collect();
+        if hooks.iter().all(|h| registered.iter().any(|r| r == h)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the default services did not register {hooks:?} within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `aos-bench kernel <home> <skills> <aoscb.json>`: runs a kernel until stdin closes
 /// or it is killed.
 pub async fn serve_kernel(home: PathBuf, skills: PathBuf, config: PathBuf) -> Result<()> {
@@ -121,7 +177,11 @@ pub async fn serve_kernel(home: PathBuf, skills: PathBuf, config: PathBuf) -> Re
 }
 
 /// Runs one dispatch to its end; returns its wall time and id, or why it did not finish.
-async fn dispatch_once(api: &Api, session: &str, content: &str) -> Result<(Duration, String)> {
+pub(crate) async fn dispatch_once(
+    api: &Api,
+    session: &str,
+    content: &str,
+) -> Result<(Duration, String)> {
     let started = Instant::now();
     let dispatch = api.client.dispatch(session, content, false).await?;
     let mut events = Box::pin(api.client.dispatch_events(&dispatch.dispatch_id).await?);
@@ -136,7 +196,7 @@ async fn dispatch_once(api: &Api, session: &str, content: &str) -> Result<(Durat
     bail!("the stream ended without done")
 }
 
-async fn sessions(api: &Api, n: usize) -> Result<Vec<String>> {
+pub(crate) async fn sessions(api: &Api, n: usize) -> Result<Vec<String>> {
     let agent = api
         .ok("agent.create", json!({"displayName": "bench"}))
         .await["agentId"]
@@ -160,81 +220,113 @@ pub async fn turn_overhead(plan: &Plan) -> Result<Section> {
     let llm = ScriptedLlm::start();
     llm.forget_requests();
     llm.react_turns(TURNS as usize, "true");
-    let kernel = KernelProcess::start(&llm, None).await?;
     let dispatches = if plan.rounds <= 1 { 5 } else { 60 };
-    // A fresh session each, so every dispatch sees the same context size.
-    let ids = sessions(&kernel.api, dispatches + 1).await?;
-    dispatch_once(&kernel.api, &ids[dispatches], "warm up").await?;
-    let (mut overhead, mut whole, mut model, mut shell) = (vec![], vec![], vec![], vec![]);
-    for (i, session) in ids[..dispatches].iter().enumerate() {
-        let (took, id) = dispatch_once(&kernel.api, session, &format!("task {i}")).await?;
-        let record = kernel
-            .api
-            .ok("dispatch.get", json!({"dispatchId": id}))
-            .await;
-        let timing: DispatchTiming = serde_json::from_value(record["timing"].clone())?;
-        if record["turns"].as_u64() != Some(TURNS) {
-            bail!("a dispatch ran {} turns, not {TURNS}", record["turns"]);
+    let mut figures = Vec::new();
+    for harness in [Harness::Bare, Harness::Default] {
+        let kernel = KernelProcess::start_with(&llm, None, harness, json!({})).await?;
+        // A fresh session each, so every dispatch sees the same context size.
+        let ids = sessions(&kernel.api, dispatches + 1).await?;
+        dispatch_once(&kernel.api, &ids[dispatches], "warm up").await?;
+        let (mut overhead, mut whole, mut model, mut shell, mut context) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for (i, session) in ids[..dispatches].iter().enumerate() {
+            let (took, id) = dispatch_once(&kernel.api, session, &format!("task {i}")).await?;
+            let record = kernel
+                .api
+                .ok("dispatch.get", json!({"dispatchId": id}))
+                .await;
+            let timing: DispatchTiming = serde_json::from_value(record["timing"].clone())?;
+            if record["turns"].as_u64() != Some(TURNS) {
+                bail!("a dispatch ran {} turns, not {TURNS}", record["turns"]);
+            }
+            let wall = took.as_micros() as u64;
+            let outside = timing.model_us + timing.tools_us;
+            if outside > wall {
+                bail!(
+                    "the kernel measured {outside} µs of model and bash time in a dispatch of {wall} µs"
+                );
+            }
+            overhead.push((wall - outside) / TURNS);
+            whole.push(wall / TURNS);
+            model.push(timing.model_us / TURNS);
+            shell.push(timing.tools_us / (TURNS - 1));
+            context.push(timing.context_us / TURNS);
         }
-        let wall = took.as_micros() as u64;
-        let outside = timing.model_us + timing.tools_us;
-        if outside > wall {
-            bail!(
-                "the kernel measured {outside} µs of model and bash time in a dispatch of {wall} µs"
-            );
+        for samples in [
+            &mut overhead,
+            &mut whole,
+            &mut model,
+            &mut shell,
+            &mut context,
+        ] {
+            samples.sort_unstable();
         }
-        overhead.push((wall - outside) / TURNS);
-        whole.push(wall / TURNS);
-        model.push(timing.model_us / TURNS);
-        shell.push(timing.tools_us / (TURNS - 1));
-    }
-    for samples in [&mut overhead, &mut whole, &mut model, &mut shell] {
-        samples.sort_unstable();
-    }
-    Ok(Section {
-        scenario: "Kernel overhead per ReAct turn".into(),
-        setup: format!(
-            "{dispatches} dispatches of {TURNS} turns each, each on a fresh session bootstrapped with the `aos` skill \
-             (9 bash calls of `true`, then an answer) \
-             against the scripted server with no added latency, through the HTTP API and the dispatch stream. A \
-             turn's overhead is the dispatch's wall time as the client saw it (from `session.dispatch` sent to `done` \
-             received), minus the model-call and bash time the kernel measured around those calls (the record's \
-             `timing`), divided by the turns: context projection, hooks (none registered), history writes and their \
-             events, the lease, the stream, the usage records, and the client's two HTTP requests. Absolute figures \
-             of this machine; percentiles over dispatches."
-        ),
-        figures: vec![
+        let label = match harness {
+            Harness::Bare => "bare kernel",
+            Harness::Default => "default harness",
+        };
+        let p50 = percentile(&overhead, 0.5);
+        let context_p50 = percentile(&context, 0.5);
+        figures.extend([
             Figure::from_samples(
-                "overhead per turn, p50",
+                &format!("overhead per turn, p50, {label}"),
                 "µs",
-                &[percentile(&overhead, 0.5)],
+                &[p50],
                 "the figure",
             ),
             Figure::from_samples(
-                "overhead per turn, p99",
+                &format!("overhead per turn, p99, {label}"),
                 "µs",
                 &[percentile(&overhead, 0.99)],
                 "",
             ),
             Figure::from_samples(
-                "whole turn, p50",
+                &format!("building the conversation per turn, p50, {label}"),
+                "µs",
+                &[context_p50],
+                "context.assemble (or the neutral projection) + prompt transforms",
+            ),
+            Figure::from_samples(
+                &format!("its share of the overhead, {label}"),
+                "ratio",
+                &[context_p50 / p50.max(1.0)],
+                "",
+            ),
+            Figure::from_samples(
+                &format!("whole turn, p50, {label}"),
                 "µs",
                 &[percentile(&whole, 0.5)],
                 "model + bash + kernel",
             ),
             Figure::from_samples(
-                "model call per turn, p50",
+                &format!("model call per turn, p50, {label}"),
                 "µs",
                 &[percentile(&model, 0.5)],
                 "scripted server, streamed",
             ),
             Figure::from_samples(
-                "bash `true` per call, p50",
+                &format!("bash `true` per call, p50, {label}"),
                 "µs",
                 &[percentile(&shell, 0.5)],
                 "spawn to exit",
             ),
-        ],
+        ]);
+    }
+    Ok(Section {
+        scenario: "Kernel overhead per ReAct turn".into(),
+        setup: format!(
+            "{dispatches} dispatches of {TURNS} turns each, each on a fresh session (9 bash calls of `true`, then an \
+             answer) against the scripted server with no added latency, through the HTTP API and the dispatch stream, \
+             twice: the bare kernel (only the `aos` manual, neutral context, no hooks) and the default harness \
+             (`aos` and `aos-skill` loaded, `aos-context` and `aos-guard` running). A turn's overhead is the \
+             dispatch's wall time as the client saw it (from `session.dispatch` sent to `done` received), minus the \
+             model-call and bash time the kernel measured around those calls (the record's `timing`), divided by \
+             the turns: building the context and prompt (`timing.contextUs`: with the harness, the `context.assemble` \
+             round trip to aos-context), hooks (with the harness, `tool.before` to aos-guard and `tool.after` to \
+             aos-context), history writes and their events, the lease, the stream, the usage records, and the \
+             client's two HTTP requests. Absolute figures of this machine; percentiles over dispatches."
+        ),
+        figures,
     })
 }
 

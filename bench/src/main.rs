@@ -7,6 +7,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod context;
 mod dispatch;
 mod report;
 mod scenarios;
@@ -127,6 +128,14 @@ fn main() -> Result<()> {
     if wanted("sessions") {
         eprintln!("== sessions");
         sections.push(runtime.block_on(dispatch::many_sessions(&plan))?);
+    }
+    if wanted("context-assemble") {
+        eprintln!("== context-assemble");
+        sections.push(runtime.block_on(context::assemble_sizes(&plan))?);
+    }
+    if wanted("context-tokens") {
+        eprintln!("== context-tokens");
+        sections.push(runtime.block_on(context::tokens_per_turn(&plan))?);
     }
     if wanted("priorities") {
         eprintln!("== priorities");

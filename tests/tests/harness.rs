@@ -616,3 +616,112 @@ async fn aos_guard_blocks_destructive_commands_naming_the_rule_and_asks_a_person
     let fine = tool_result_of(&kernel, &llm, &session, "ls scratch").await;
     assert_eq!(fine.exit_code, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_command_in_the_aos_manual_works_as_written_from_an_agents_bash() {
+    let kernel = TestKernel::start();
+    let llm = ScriptedLlm::start();
+    configure(&kernel, &llm, "native").await;
+    let (agent, session) = kernel.admin.agent_and_session().await;
+    // What the manual's placeholders stand for.
+    let content = kernel
+        .admin
+        .ok(
+            "content.put",
+            json!({"sessionId": session, "content": "all fine\npanic: disk full\nerror: retry\n"}),
+        )
+        .await["contentId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let workspace = kernel.home.join("workspaces").join(&agent);
+    std::fs::create_dir_all(&workspace).unwrap();
+    std::fs::write(workspace.join("notes.txt"), "notes\n").unwrap();
+    let first = history(&kernel.admin, &session).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let manual = std::fs::read_to_string(repo_root().join("skills/aos/SKILL.md")).unwrap();
+    let commands: Vec<String> = manual
+        .lines()
+        .filter_map(|l| l.strip_prefix("    "))
+        .map(|l| {
+            // A trailing comment is two or more spaces then `#`.
+            let command = l.split("   #").next().unwrap().trim_end();
+            command
+                .replace("cnt_123", &content)
+                .replace("msg_…", &first)
+                .replace("<words>", "context")
+                .replace("<name>", "aos-context")
+        })
+        .collect();
+    assert!(commands.len() >= 10, "{commands:?}");
+    llm.push(
+        commands
+            .iter()
+            .map(|c| Reply::bash(c))
+            .chain([Reply::text("done")]),
+    );
+    let events = run(&kernel.admin, &session, "try the manual").await;
+    let results: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::ToolResult(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), commands.len());
+    for (command, result) in commands.iter().zip(&results) {
+        assert_eq!(result.exit_code, Some(0), "`{command}` failed: {result:?}");
+    }
+    assert!(
+        results[4].preview.contains("panic: disk full"),
+        "{:?}",
+        results[4]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_summary_call_leaves_the_session_as_it_was() {
+    let kernel = TestKernel::start();
+    let llm = ScriptedLlm::start();
+    configure(&kernel, &llm, "native").await;
+    let (_, session) = kernel.admin.agent_and_session().await;
+    llm.push([Reply::text("an answer")]);
+    run(&kernel.admin, &session, "a first task").await;
+    llm.rule(|_| {
+        Reply::Error {
+            status: 500,
+            retry_after: None,
+        }
+        .into()
+    });
+    let before = history(&kernel.admin, &session).await;
+    let error = kernel
+        .admin
+        .err(
+            "session.compact",
+            json!({"sessionId": session}),
+            ErrorCode::ProviderUnavailable,
+        )
+        .await;
+    assert!(error.message.contains("summary"), "{}", error.message);
+    assert_eq!(history(&kernel.admin, &session).await, before);
+    let s = kernel
+        .admin
+        .ok("session.get", json!({"sessionId": session}))
+        .await;
+    assert_eq!(s["phase"], "idle");
+    assert!(s["lease"].is_null());
+    // And a manual compaction that works: the pair, then the skills again.
+    llm.rule(|_| Reply::text("SUMMARY").into());
+    let done = kernel
+        .admin
+        .ok("session.compact", json!({"sessionId": session}))
+        .await;
+    assert_eq!(done["mode"], "instruct");
+    assert_eq!(done["reinjected"], json!(["aos", "aos-skill"]));
+    let after = history(&kernel.admin, &session).await;
+    assert_eq!(after.len(), before.len() + 4);
+    assert_eq!(&after[..before.len()], &before[..]);
+}

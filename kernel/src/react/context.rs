@@ -10,6 +10,11 @@
 //! chat message, or a ContextMessage `{wire, aos}` whose `aos` provenance is kept for
 //! `session.context.get` and stripped before the model sees it. `compact: true` asks
 //! the kernel to compact before the next model call.
+//!
+//! The input carries `lastSeq` (the session's newest seq) and `recent`: the messages
+//! the running dispatch wrote since its previous assembly. An engine whose cache ends
+//! just before `recent` takes them from there; any gap (another writer, a new engine)
+//! and it reads history instead.
 
 use aos_sdk::protocol::{Message, SessionCb};
 use serde_json::{Value, json};
@@ -88,6 +93,9 @@ pub struct Request<'a> {
     pub trigger_data: Option<Value>,
     pub model: Option<&'a str>,
     pub token_budget: u64,
+    /// Messages this dispatch wrote since its previous assembly (in seq order), sent
+    /// along so an engine whose cache is current needs no history read.
+    pub recent: &'a [Message],
 }
 
 /// An assembled context.
@@ -130,6 +138,7 @@ pub async fn assemble(
                         "tokenBudget": request.token_budget,
                         "model": request.model,
                         "lastSeq": session.last_seq,
+                        "recent": request.recent,
                     }),
                     json!({"messages": null}),
                 )

@@ -426,6 +426,8 @@ async fn execute_with(
     };
     run.record.final_message_seq = Some(run.user_message.seq);
     let mut neutral = Neutral::default();
+    // Written since the last assembly: the engine gets them with the next one.
+    let mut unsent: Vec<Message> = vec![run.user_message.clone()];
     let default_model = super::default_model(kernel, &place.system, &agent, &session);
     let mut trigger = "dispatch";
     let mut compacted_this_turn = false;
@@ -442,15 +444,19 @@ async fn execute_with(
                 ),
             ));
         }
+        let assembling = std::time::Instant::now();
         let (conversation, compact) = prepare(
             &place,
             &mut neutral,
+            &unsent,
             trigger,
             default_model.as_deref(),
             &run.user_message,
             &agent.display_name,
         )
         .await?;
+        run.record.timing.context_us += assembling.elapsed().as_micros() as u64;
+        unsent.clear();
         if compact && !compacted_this_turn {
             // The engine says the context is past its budget: compact, then assemble
             // again from the new boundary. At most once per turn.
@@ -612,6 +618,7 @@ async fn execute_with(
             parts.push(PartBody::Bash(part));
             let message = place.write(Role::Assistant, Origin::Agent, parts).await?;
             neutral.push(&message);
+            unsent.push(message.clone());
             run.record.final_message_seq = Some(message.seq);
             run.stream.push(StreamEvent::ToolResult(StreamToolResult {
                 seq: message.seq,
@@ -703,6 +710,7 @@ async fn stop_outcome(
 async fn prepare(
     place: &Place<'_>,
     neutral: &mut Neutral,
+    recent: &[Message],
     trigger: &str,
     model: Option<&str>,
     user_message: &Message,
@@ -719,6 +727,7 @@ async fn prepare(
             trigger_data: None,
             model,
             token_budget: place.system.compaction_threshold,
+            recent,
         },
         neutral,
     )

@@ -75,6 +75,7 @@ async fn view(
     let system = kernel.system().await?;
     let agent = kernel.get_agent(&session.agent_id).await?;
     let model = crate::react::default_model(kernel, &system, &agent, &session);
+    let started = std::time::Instant::now();
     let assembly = context::assemble(
         kernel,
         context::Request {
@@ -84,10 +85,12 @@ async fn view(
             trigger_data: data,
             model: model.as_deref(),
             token_budget: system.compaction_threshold,
+            recent: &[],
         },
         &mut Neutral::default(),
     )
     .await?;
+    let assemble_us = started.elapsed().as_micros() as u64;
     let output = assembly.engine_output.clone();
     let field = |name: &str| {
         output
@@ -107,6 +110,7 @@ async fn view(
             context_revision: field("contextRevision"),
             folded_ref_count: field("foldedRefCount"),
             boundary_seq: field("boundarySeq"),
+            assemble_us,
         },
         output,
     ))

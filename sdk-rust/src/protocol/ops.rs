@@ -674,6 +674,8 @@ pub struct ContextView {
     /// Where the context starts (the latest compaction marker), when the engine says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boundary_seq: Option<u64>,
+    /// How long the assembly took (the hook chain, or the neutral projection), µs.
+    pub assemble_us: u64,
 }
 
 /// `session.compact` / `session.context.compact`.

@@ -621,6 +621,10 @@ pub struct DispatchTiming {
     pub model_us: u64,
     /// Bash commands, from spawn to exit and output collected.
     pub tools_us: u64,
+    /// Building each turn's conversation: `context.assemble` (or the neutral
+    /// projection), `session.system.transform`, `session.messages.transform`.
+    #[serde(default)]
+    pub context_us: u64,
 }
 
 /// One row of the RuntimeLog: a command the kernel executed.

@@ -7,9 +7,10 @@
 //! - `tool.after` — results over `autoFoldThreshold` go to the ContentStore; history
 //!   keeps the reference and a preview.
 //!
-//! Its cache per session is fed by `session.history.list` from the last seq it has
-//! (the kernel sends `lastSeq` with each call), so it never misses a message and works
-//! for any kernel that speaks the protocol.
+//! Its cache per session is fed by the messages the kernel sends along (`recent`) when
+//! they join it without a gap, else by `session.history.list` from the last seq it has
+//! (the kernel sends `lastSeq` with each call) — so it never misses a message and
+//! works for any kernel that speaks the protocol.
 
 mod project;
 mod session;
@@ -187,14 +188,26 @@ impl Engine {
         }
     }
 
-    /// Brings the cache up to date: from scratch on `rebuild` or first use, else
-    /// the messages after the newest it has.
+    /// Brings the cache up to date: from what the kernel sent along when it joins
+    /// the cache; else from scratch on `rebuild` or first use, else the messages after
+    /// the newest it has.
     async fn sync(
         &self,
         ctx: &mut SessionContext,
         rebuild: bool,
         last_seq: Option<u64>,
+        recent: Vec<Message>,
     ) -> Result<(), String> {
+        let joins = !rebuild
+            && ctx.last_seq > 0
+            && recent.first().is_some_and(|m| m.seq <= ctx.last_seq + 1)
+            && recent.last().map(|m| m.seq) >= last_seq;
+        if joins {
+            for message in recent {
+                ctx.ingest(message, &self.tokenizer);
+            }
+            return Ok(());
+        }
         if rebuild || ctx.last_seq == 0 {
             let history = self.history_after(&ctx.session_id, 0).await?;
             ctx.reset(history, &self.tokenizer);
@@ -214,6 +227,10 @@ impl Engine {
         let trigger = field(input, "trigger").unwrap_or("incremental");
         let model = field(input, "model");
         let encoding = Encoding::for_model(model.unwrap_or(""));
+        let recent: Vec<Message> = input
+            .get("recent")
+            .and_then(|r| serde_json::from_value(r.clone()).ok())
+            .unwrap_or_default();
         let handle = self.session(session_id, encoding);
         let mut ctx = handle.lock().await;
         ctx.set_encoding(encoding, &self.tokenizer);
@@ -222,6 +239,7 @@ impl Engine {
                 &mut ctx,
                 trigger == "rebuild",
                 input.get("lastSeq").and_then(Value::as_u64),
+                recent,
             )
             .await
         {
@@ -322,7 +340,7 @@ impl Engine {
         let handle = self.session(session_id, Encoding::O200k);
         let mut ctx = handle.lock().await;
         let to_seq = input.get("proposedToSeq").and_then(Value::as_u64);
-        if let Err(error) = self.sync(&mut ctx, false, to_seq).await {
+        if let Err(error) = self.sync(&mut ctx, false, to_seq, Vec::new()).await {
             tracing::warn!(session_id, %error, "cannot read history for compaction");
             return Verdict::Keep;
         }

@@ -150,9 +150,11 @@ impl Guard {
         };
         let agent_id = input.get("agentId").and_then(Value::as_str);
         let session_id = input.get("sessionId").and_then(Value::as_str);
-        let (session, agent) = match (
-            self.overrides("session.get", "sessionId", session_id).await,
-            self.overrides("agent.get", "agentId", agent_id).await,
+        // Read on every call (two cached reads in the kernel, in parallel), so a change
+        // of an agent's or session's rules applies to the very next command.
+        let (session, agent) = match tokio::join!(
+            self.overrides("session.get", "sessionId", session_id),
+            self.overrides("agent.get", "agentId", agent_id),
         ) {
             (Ok(s), Ok(a)) => (s, a),
             (Err(e), _) | (_, Err(e)) => {
