@@ -46,6 +46,8 @@ struct Engine {
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // The kernel keeps and forwards service stderr; colour codes would end up escaped.
+        .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AOS_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
