@@ -83,23 +83,7 @@ impl Projection {
             }
             return;
         }
-        let tool_calls: Vec<Value> = calls
-            .iter()
-            .map(|call| {
-                let mut arguments = json!({"command": call.command});
-                if let Some(cwd) = &call.cwd {
-                    arguments["cwd"] = json!(cwd);
-                }
-                if let Some(ms) = call.timeout_ms {
-                    arguments["timeoutMs"] = json!(ms);
-                }
-                json!({
-                    "id": call.tool_call_id,
-                    "type": "function",
-                    "function": {"name": "bash", "arguments": arguments.to_string()},
-                })
-            })
-            .collect();
+        let tool_calls: Vec<Value> = calls.iter().map(|call| call.to_tool_call()).collect();
         let content = if text.is_empty() {
             Value::Null
         } else {

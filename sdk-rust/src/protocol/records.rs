@@ -495,6 +495,27 @@ pub struct BashCall {
     pub error_text: Option<String>,
 }
 
+impl BashCall {
+    /// The call as an OpenAI chat `tool_calls` entry: `{id, type: function, function:
+    /// {name: bash, arguments: "{\"command\", \"cwd\"?, \"timeoutMs\"?}"}}` — how
+    /// context projections show it to the model.
+    pub fn to_tool_call(&self) -> Value {
+        let mut arguments = serde_json::Map::new();
+        arguments.insert("command".into(), Value::String(self.command.clone()));
+        if let Some(cwd) = &self.cwd {
+            arguments.insert("cwd".into(), Value::String(cwd.clone()));
+        }
+        if let Some(ms) = self.timeout_ms {
+            arguments.insert("timeoutMs".into(), Value::from(ms));
+        }
+        serde_json::json!({
+            "id": self.tool_call_id,
+            "type": "function",
+            "function": {"name": "bash", "arguments": Value::Object(arguments).to_string()},
+        })
+    }
+}
+
 /// State of a bash call, following the AI SDK tool states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]

@@ -218,23 +218,7 @@ pub fn project(message: &Message, session_id: &str, folds: &Folds) -> Projected 
         }
         return out;
     }
-    let tool_calls: Vec<Value> = calls
-        .iter()
-        .map(|(_, call)| {
-            let mut arguments = json!({"command": call.command});
-            if let Some(cwd) = &call.cwd {
-                arguments["cwd"] = json!(cwd);
-            }
-            if let Some(ms) = call.timeout_ms {
-                arguments["timeoutMs"] = json!(ms);
-            }
-            json!({
-                "id": call.tool_call_id,
-                "type": "function",
-                "function": {"name": "bash", "arguments": arguments.to_string()},
-            })
-        })
-        .collect();
+    let tool_calls: Vec<Value> = calls.iter().map(|(_, call)| call.to_tool_call()).collect();
     let content = if text.is_empty() {
         Value::Null
     } else {
