@@ -31,6 +31,8 @@ class Daemon:
         self.home = root / "home"
         self.skills = root / "skills"
         shutil.copytree(REPO / "skills", self.skills)
+        # The web UI on a free port: daemons of tests side by side never compete for 3000.
+        (self.skills / "aos-frontend" / "config.json").write_text('{"bind": "127.0.0.1:0"}')
         env = {k: v for k, v in os.environ.items() if not k.startswith("AOS_")}
         self.log = open(root / "kernel.log", "wb")
         self.process = subprocess.Popen(

@@ -32,10 +32,17 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-/// A temporary skill root holding a copy of the repository's `skills/`.
+/// A temporary skill root holding a copy of the repository's `skills/`. The web UI
+/// listens on a free port there (`aos-frontend.info` tells which), so kernels of tests
+/// running side by side never compete for port 3000.
 pub fn copy_repo_skills(into: &Path) -> PathBuf {
     let target = into.join("skills");
     copy_dir(&repo_root().join("skills"), &target);
+    std::fs::write(
+        target.join("aos-frontend/config.json"),
+        r#"{"bind": "127.0.0.1:0"}"#,
+    )
+    .unwrap();
     target
 }
 
