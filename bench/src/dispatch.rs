@@ -23,6 +23,8 @@ use crate::report::{Figure, Section, percentile};
 pub(crate) struct KernelProcess {
     child: tokio::process::Child,
     pub(crate) api: Api,
+    /// The kernel's data directory.
+    pub(crate) home: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -115,6 +117,7 @@ impl KernelProcess {
         Ok(Self {
             child,
             api,
+            home,
             _dir: dir,
         })
     }

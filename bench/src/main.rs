@@ -9,6 +9,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod context;
 mod dispatch;
+mod memory;
 mod report;
 mod scenarios;
 mod services;
@@ -136,6 +137,10 @@ fn main() -> Result<()> {
     if wanted("context-tokens") {
         eprintln!("== context-tokens");
         sections.push(runtime.block_on(context::tokens_per_turn(&plan))?);
+    }
+    if wanted("memory-search") {
+        eprintln!("== memory-search");
+        sections.push(runtime.block_on(memory::search_latency(&plan))?);
     }
     if wanted("priorities") {
         eprintln!("== priorities");

@@ -1,0 +1,503 @@
+//! `aos-memory`: long-term memory for agents, a system service.
+//!
+//! Facts live in SQLite in the service's data directory (`memory.db`, WAL,
+//! `synchronous=FULL`: a save is acknowledged only once it is on disk), indexed with FTS5
+//! and ranked by BM25. A fact is `private` (its agent only) or `shared` (every agent of
+//! this AOS); access is checked on every call from the caller the kernel names.
+//! Operations: `aos-memory.save`, `.search`, `.list`, `.forget`. On
+//! `session.system.transform` the few facts most relevant to the user's message are
+//! offered to the model, with their ids, under a character budget — nothing when
+//! nothing matches.
+//!
+//! A store that fails its integrity check, or that is missing while the data directory
+//! says one was created, stops the service with the reason; it is never silently
+//! recreated empty.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aos_sdk::protocol::service::{CallerInfo, HookSubscription, OpKindWire};
+use aos_sdk::protocol::{ErrorCode, Timestamp};
+use aos_sdk::service::{OpError, Service, Verdict};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Config {
+    /// Facts offered to the model per turn at most.
+    offer_limit: u32,
+    /// Characters of offered facts per turn at most.
+    offer_chars: usize,
+    /// Longest fact accepted.
+    max_fact_chars: usize,
+}
+
+struct Memory {
+    pool: SqlitePool,
+    config: Config,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AOS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("aos-memory: cannot start a runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("aos-memory: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS memories (
+        id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, scope TEXT NOT NULL CHECK (scope IN ('private', 'shared')),
+        text TEXT NOT NULL, tags TEXT NOT NULL DEFAULT '', session_id TEXT, created_at TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS memories_by_agent ON memories (agent_id, created_at)",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5 (text, tags, content='memories', content_rowid='rowid')",
+    "CREATE TRIGGER IF NOT EXISTS memories_ai AFTER INSERT ON memories BEGIN
+        INSERT INTO memories_fts (rowid, text, tags) VALUES (new.rowid, new.text, new.tags); END",
+    "CREATE TRIGGER IF NOT EXISTS memories_ad AFTER DELETE ON memories BEGIN
+        INSERT INTO memories_fts (memories_fts, rowid, text, tags) VALUES ('delete', old.rowid, old.text, old.tags); END",
+];
+
+/// Opens the store, refusing a corrupt one and one that vanished.
+async fn open(dir: &Path) -> Result<SqlitePool, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let db = dir.join("memory.db");
+    let marker = dir.join("memory.created");
+    if marker.exists() && !db.exists() {
+        return Err(format!(
+            "the memory store {} is missing, though {} says one was created: restore it from a backup, or delete the marker to start empty",
+            db.display(),
+            marker.display()
+        ));
+    }
+    let options = SqliteConnectOptions::new()
+        .filename(&db)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(std::time::Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .map_err(|e| format!("cannot open the memory store {} (corrupt, or not a memory store; restore it from a backup): {e}", db.display()))?;
+    let check: String = sqlx::query_scalar("PRAGMA quick_check")
+        .fetch_one(&pool)
+        .await
+        .map_err(|e| format!("the memory store {} is not readable: {e}", db.display()))?;
+    if check != "ok" {
+        return Err(format!(
+            "the memory store {} is corrupt ({check}); restore it from a backup",
+            db.display()
+        ));
+    }
+    for statement in SCHEMA {
+        sqlx::query(*statement)
+            .execute(&pool)
+            .await
+            .map_err(|e| format!("preparing the memory store: {e}"))?;
+    }
+    if !marker.exists() {
+        std::fs::write(
+            &marker,
+            "aos-memory store created; do not delete while memory.db matters\n",
+        )
+        .map_err(|e| format!("{}: {e}", marker.display()))?;
+    }
+    Ok(pool)
+}
+
+async fn serve() -> Result<(), String> {
+    let skill_dir =
+        std::env::var_os("AOS_SKILL_DIR").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let config: Config = serde_json::from_str(
+        &std::fs::read_to_string(skill_dir.join("config.json"))
+            .map_err(|e| format!("config.json: {e}"))?,
+    )
+    .map_err(|e| format!("config.json: {e}"))?;
+    let data =
+        std::env::var_os("AOS_DATA_DIR").map_or_else(|| skill_dir.join("data"), PathBuf::from);
+    let memory = Arc::new(Memory {
+        pool: open(&data).await?,
+        config,
+    });
+    let (save, search, list, forget, offer) = (
+        memory.clone(),
+        memory.clone(),
+        memory.clone(),
+        memory.clone(),
+        memory.clone(),
+    );
+    Service::from_env("aos-memory")
+        .on_op(
+            "save",
+            OpKindWire::Command,
+            "Save a fact: params {text, tags? (list of words), scope? (private|shared, default private), agentId? (admin and services only)}; returns {id, scope}.",
+            move |params, caller| {
+                let m = save.clone();
+                async move { m.save(&params, &caller).await }
+            },
+        )
+        .on_op(
+            "search",
+            OpKindWire::Query,
+            "Facts matching words, best first (BM25): params {query, limit? (1-50, default 5)}; returns {items: [{id, text, tags, scope, agentId, createdAt, rank}]}. Callers see their agent's private facts and all shared ones.",
+            move |params, caller| {
+                let m = search.clone();
+                async move { m.search(&params, &caller).await }
+            },
+        )
+        .on_op(
+            "list",
+            OpKindWire::Query,
+            "The caller's facts and shared ones, newest first: params {limit? (1-500, default 50), scope? (private|shared)}.",
+            move |params, caller| {
+                let m = list.clone();
+                async move { m.list(&params, &caller).await }
+            },
+        )
+        .on_op(
+            "forget",
+            OpKindWire::Command,
+            "Delete a fact: params {id}. Only its agent (or admin) may.",
+            move |params, caller| {
+                let m = forget.clone();
+                async move { m.forget(&params, &caller).await }
+            },
+        )
+        .on_hook_with(
+            HookSubscription {
+                name: "session.system.transform".into(),
+                priority: None,
+                timeout_ms: Some(2000),
+                interactive: false,
+            },
+            move |input, output| {
+                let m = offer.clone();
+                async move { m.offer(&input, output).await }
+            },
+        )
+        .run()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn check_fields(params: &Value, accepted: &[&str]) -> Result<(), OpError> {
+    let Some(object) = params.as_object() else {
+        return Err(OpError::invalid("params must be a JSON object"));
+    };
+    match object.keys().find(|k| !accepted.contains(&k.as_str())) {
+        Some(unknown) => Err(OpError::invalid(format!(
+            "unknown field `{unknown}`; accepted: {}",
+            accepted.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The agent whose memory a call uses: the caller's own, or (admin and services) the
+/// one named in `agentId`; `None` for an unconfined caller that names none.
+fn agent_of(params: &Value, caller: &CallerInfo) -> Result<Option<String>, OpError> {
+    let named = params
+        .get("agentId")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    match (&caller.agent_id, named) {
+        (Some(own), Some(named)) if own != &named => Err(OpError::new(
+            ErrorCode::PermissionDenied,
+            format!("a token of agent {own} cannot use the memory of {named}"),
+        )),
+        (Some(own), _) => Ok(Some(own.clone())),
+        (None, named) => Ok(named),
+    }
+}
+
+fn db_error(e: sqlx::Error) -> OpError {
+    OpError::new(
+        ErrorCode::StorageUnavailable,
+        format!("the memory store failed: {e}"),
+    )
+}
+
+/// Words of `text` as an FTS5 query: each word quoted (so no query syntax leaks
+/// through), any of them matching.
+fn fts_query(text: &str) -> Option<String> {
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() >= 2)
+        .take(32)
+        .map(|w| format!("\"{}\"", w.to_lowercase()))
+        .collect();
+    (!words.is_empty()).then(|| words.join(" OR "))
+}
+
+fn row_json(row: &sqlx::sqlite::SqliteRow) -> Value {
+    json!({
+        "id": row.get::<String, _>("id"),
+        "agentId": row.get::<String, _>("agent_id"),
+        "scope": row.get::<String, _>("scope"),
+        "text": row.get::<String, _>("text"),
+        "tags": row.get::<String, _>("tags").split_whitespace().collect::<Vec<_>>(),
+        "createdAt": row.get::<String, _>("created_at"),
+    })
+}
+
+impl Memory {
+    async fn save(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
+        check_fields(params, &["text", "tags", "scope", "agentId"])?;
+        let Some(agent) = agent_of(params, caller)? else {
+            return Err(OpError::invalid(
+                "`agentId` is required for callers that are not an agent",
+            ));
+        };
+        let text = params
+            .get("text")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .unwrap_or_default();
+        if text.is_empty() || text.chars().count() > self.config.max_fact_chars {
+            return Err(OpError::invalid(format!(
+                "`text` must be 1 to {} characters",
+                self.config.max_fact_chars
+            )));
+        }
+        let scope = match params
+            .get("scope")
+            .and_then(Value::as_str)
+            .unwrap_or("private")
+        {
+            s @ ("private" | "shared") => s,
+            other => {
+                return Err(OpError::invalid(format!(
+                    "`scope` is `{other}`; accepted: private, shared"
+                )));
+            }
+        };
+        let tags = match params.get("tags") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|t| t.trim().to_lowercase())
+                .collect::<Vec<_>>()
+                .join(" "),
+            Some(_) => return Err(OpError::invalid("`tags` must be a list of words")),
+        };
+        let id = format!("mem_{}", uuid::Uuid::now_v7().simple());
+        sqlx::query("INSERT INTO memories (id, agent_id, scope, text, tags, session_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            .bind(&id)
+            .bind(&agent)
+            .bind(scope)
+            .bind(text)
+            .bind(&tags)
+            .bind(caller.session_id.as_deref())
+            .bind(Timestamp::now().to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(json!({"id": id, "scope": scope, "agentId": agent}))
+    }
+
+    /// Facts matching `query` that `agent` may see (all of them for `None`).
+    async fn matching(
+        &self,
+        query: &str,
+        agent: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Value>, OpError> {
+        let Some(fts) = fts_query(query) else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT m.id, m.agent_id, m.scope, m.text, m.tags, m.created_at, bm25(memories_fts) AS rank
+             FROM memories_fts JOIN memories m ON m.rowid = memories_fts.rowid
+             WHERE memories_fts MATCH ? AND (? IS NULL OR m.scope = 'shared' OR m.agent_id = ?)
+             ORDER BY rank LIMIT ?",
+        )
+        .bind(&fts)
+        .bind(agent)
+        .bind(agent)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let mut v = row_json(row);
+                v["rank"] = json!(row.get::<f64, _>("rank"));
+                v
+            })
+            .collect())
+    }
+
+    async fn search(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
+        check_fields(params, &["query", "limit", "agentId"])?;
+        let agent = agent_of(params, caller)?;
+        let query = params
+            .get("query")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if query.trim().is_empty() {
+            return Err(OpError::invalid("`query` (words to look for) is required"));
+        }
+        let limit = match params.get("limit") {
+            None => 5,
+            Some(v) => match v.as_u64() {
+                Some(n @ 1..=50) => n as u32,
+                _ => return Err(OpError::invalid("`limit` must be 1 to 50")),
+            },
+        };
+        Ok(json!({"items": self.matching(query, agent.as_deref(), limit).await?}))
+    }
+
+    async fn list(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
+        check_fields(params, &["limit", "scope", "agentId"])?;
+        let agent = agent_of(params, caller)?;
+        let limit = match params.get("limit") {
+            None => 50,
+            Some(v) => match v.as_u64() {
+                Some(n @ 1..=500) => n as i64,
+                _ => return Err(OpError::invalid("`limit` must be 1 to 500")),
+            },
+        };
+        let scope = params.get("scope").and_then(Value::as_str);
+        if let Some(s) = scope
+            && !matches!(s, "private" | "shared")
+        {
+            return Err(OpError::invalid(format!(
+                "`scope` is `{s}`; accepted: private, shared"
+            )));
+        }
+        let rows = sqlx::query(
+            "SELECT id, agent_id, scope, text, tags, created_at FROM memories
+             WHERE (? IS NULL OR scope = 'shared' OR agent_id = ?) AND (? IS NULL OR scope = ?)
+             ORDER BY created_at DESC, id DESC LIMIT ?",
+        )
+        .bind(agent.as_deref())
+        .bind(agent.as_deref())
+        .bind(scope)
+        .bind(scope)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(json!({"items": rows.iter().map(row_json).collect::<Vec<_>>()}))
+    }
+
+    async fn forget(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
+        check_fields(params, &["id"])?;
+        let Some(id) = params.get("id").and_then(Value::as_str) else {
+            return Err(OpError::invalid(
+                "`id` (a mem_… id from memory list or search) is required",
+            ));
+        };
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT agent_id FROM memories WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
+        let Some(owner) = owner else {
+            return Err(OpError::new(
+                ErrorCode::NotFound,
+                format!("no memory `{id}`"),
+            ));
+        };
+        if caller.agent_id.as_deref().is_some_and(|own| own != owner) {
+            return Err(OpError::new(
+                ErrorCode::PermissionDenied,
+                format!("`{id}` belongs to agent {owner}; only it may forget it"),
+            ));
+        }
+        sqlx::query("DELETE FROM memories WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(json!({"id": id, "forgotten": true}))
+    }
+
+    /// `session.system.transform`: the most relevant facts under the budget, appended
+    /// to the system prompt.
+    async fn offer(&self, input: &Value, output: Value) -> Verdict {
+        let (Some(agent), Some(message)) = (
+            input.get("agentId").and_then(Value::as_str),
+            input.get("userMessage").and_then(Value::as_str),
+        ) else {
+            return Verdict::Keep;
+        };
+        let found = match self
+            .matching(message, Some(agent), self.config.offer_limit)
+            .await
+        {
+            Ok(found) if !found.is_empty() => found,
+            Ok(_) => return Verdict::Keep,
+            Err(error) => {
+                tracing::warn!(message = %error.message, "cannot search memory for the prompt");
+                return Verdict::Keep;
+            }
+        };
+        let mut block = String::from(
+            "\n\nFrom your memory (may be relevant; cite by id, `memory forget <id>` removes a wrong one):",
+        );
+        let mut used = 0;
+        for fact in &found {
+            let line = format!(
+                "\n- [{}] {}",
+                fact["id"].as_str().unwrap_or(""),
+                fact["text"].as_str().unwrap_or("")
+            );
+            if used + line.chars().count() > self.config.offer_chars {
+                break;
+            }
+            used += line.chars().count();
+            block.push_str(&line);
+        }
+        if used == 0 {
+            return Verdict::Keep;
+        }
+        let system = output
+            .get("system")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Verdict::Output(json!({"system": format!("{system}{block}")}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_quoted_words_so_no_fts_syntax_leaks() {
+        assert_eq!(
+            fts_query("staging DB? (NEAR)").as_deref(),
+            Some("\"staging\" OR \"db\" OR \"near\"")
+        );
+        assert_eq!(fts_query("a ! ?"), None);
+    }
+}

@@ -1,0 +1,263 @@
+//! aos-memory end to end: agents save and search through the `memory` command, scopes
+//! hold, relevant facts reach the model's system prompt, and a killed service loses no
+//! acknowledged fact.
+
+// Test code: an unwrap that fails is a test failure, reported with its location.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use aos_sdk::protocol::StreamEvent;
+use aos_tests::dispatching::{configure, run};
+use aos_tests::llm::{Reply, ScriptedLlm};
+use aos_tests::{TestKernel, eventually};
+use serde_json::json;
+
+fn results(events: &[StreamEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::ToolResult(r) => Some(r.preview.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn system_prompt(body: &serde_json::Value) -> String {
+    body["messages"][0]["content"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_facts_stay_private_and_shared_ones_reach_other_agents_and_their_prompts() {
+    let kernel = TestKernel::start();
+    let llm = ScriptedLlm::start();
+    configure(&kernel, &llm, "native").await;
+    let (_, a) = kernel.admin.agent_and_session().await;
+    let (_, b) = kernel.admin.agent_and_session().await;
+    llm.push([
+        Reply::bash("memory save \"the deploy key rotates on mondays\" --scope private"),
+        Reply::bash(
+            "memory save \"the staging database is pg-staging-2\" --tags db,staging --scope shared",
+        ),
+        Reply::text("saved"),
+    ]);
+    let saved = results(&run(&kernel.admin, &a, "remember these").await);
+    assert!(
+        saved[0].starts_with("saved mem_") && saved[0].contains("(private)"),
+        "{saved:?}"
+    );
+    assert!(saved[1].contains("(shared)"), "{saved:?}");
+    llm.push([
+        Reply::bash("memory search \"deploy key\""),
+        Reply::bash("memory search \"staging database\""),
+        Reply::text("looked"),
+    ]);
+    let found = results(&run(&kernel.admin, &b, "what do we know?").await);
+    assert_eq!(
+        found[0].trim(),
+        "nothing found",
+        "A's private fact leaked: {found:?}"
+    );
+    assert!(
+        found[1].contains("pg-staging-2") && found[1].contains("[db, staging]"),
+        "{found:?}"
+    );
+    // Relevant shared facts are offered to B's model; A's private one never is.
+    let seen = llm.requests().len();
+    llm.push([Reply::text("use pg-staging-2")]);
+    run(&kernel.admin, &b, "which staging database should I use?").await;
+    let prompt = system_prompt(&llm.requests()[seen]);
+    assert!(
+        prompt.contains("From your memory")
+            && prompt.contains("pg-staging-2")
+            && prompt.contains("[mem_"),
+        "{prompt}"
+    );
+    let seen = llm.requests().len();
+    llm.push([Reply::text("no idea")]);
+    run(&kernel.admin, &b, "when does the deploy key rotate?").await;
+    assert!(!system_prompt(&llm.requests()[seen]).contains("mondays"));
+    // Nothing relevant, nothing offered.
+    let seen = llm.requests().len();
+    llm.push([Reply::text("hi")]);
+    run(&kernel.admin, &b, "hello there").await;
+    assert!(!system_prompt(&llm.requests()[seen]).contains("From your memory"));
+    // A may forget its own fact; B may not forget A's.
+    let id = saved[1].split_whitespace().nth(1).unwrap().to_owned();
+    llm.push([
+        Reply::bash(&format!("memory forget {id}")),
+        Reply::text("tried"),
+    ]);
+    let refused = results(&run(&kernel.admin, &b, "forget it").await);
+    assert!(refused[0].contains("only it may forget"), "{refused:?}");
+    llm.push([
+        Reply::bash(&format!("memory forget {id}")),
+        Reply::text("done"),
+    ]);
+    let forgot = results(&run(&kernel.admin, &a, "forget it").await);
+    assert_eq!(forgot[0].trim(), format!("forgot {id}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_memory_service_mid_write_loses_no_acknowledged_fact() {
+    let kernel = TestKernel::start();
+    let (agent, _) = kernel.admin.agent_and_session().await;
+    let services = kernel
+        .admin
+        .ok("service.list", json!({"skill": "aos-memory"}))
+        .await;
+    let pid = services[0]["pid"].as_i64().unwrap() as i32;
+    let mut writers = Vec::new();
+    for i in 0..300 {
+        let api = kernel.admin.clone();
+        let agent = agent.clone();
+        writers.push(tokio::spawn(async move {
+            let reply = api
+                .call(
+                    "aos-memory.save",
+                    json!({"agentId": agent, "text": format!("fact number {i} about durability")}),
+                )
+                .await;
+            reply
+                .ok
+                .then(|| reply.data.unwrap()["id"].as_str().unwrap().to_owned())
+        }));
+        if i == 120 {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+        }
+    }
+    let mut acknowledged = BTreeSet::new();
+    for w in writers {
+        if let Some(id) = w.await.unwrap() {
+            acknowledged.insert(id);
+        }
+    }
+    assert!(
+        !acknowledged.is_empty(),
+        "no save was acknowledged before the kill"
+    );
+    // The supervisor restarts it; every acknowledged fact is there.
+    let stored: BTreeSet<String> = eventually(Duration::from_secs(30), "aos-memory back", || {
+        let api = kernel.admin.clone();
+        let agent = agent.clone();
+        async move {
+            let reply = api
+                .call("aos-memory.list", json!({"agentId": agent, "limit": 500}))
+                .await;
+            reply.ok.then(|| {
+                reply.data.unwrap()["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m["id"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+        }
+    })
+    .await;
+    let lost: Vec<&String> = acknowledged.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged facts lost: {lost:?}",
+        lost.len()
+    );
+    let after = kernel
+        .admin
+        .ok("service.list", json!({"skill": "aos-memory"}))
+        .await;
+    assert_ne!(
+        after[0]["pid"].as_i64().unwrap() as i32,
+        pid,
+        "it was restarted"
+    );
+}
+
+fn find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == name) {
+            return Some(path);
+        }
+        if path.is_dir()
+            && let Some(found) = find(&path, name)
+        {
+            return Some(found);
+        }
+    }
+    None
+}
+
+/// Restarts aos-memory and waits for its error to mention `word`.
+async fn restart_and_error(kernel: &TestKernel, word: &'static str) -> String {
+    let services = kernel
+        .admin
+        .ok("service.list", json!({"skill": "aos-memory"}))
+        .await;
+    if let Some(id) = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["state"] == "running")
+        .and_then(|s| s["serviceId"].as_str())
+    {
+        kernel
+            .admin
+            .ok("skill.stop", json!({"serviceId": id}))
+            .await;
+    }
+    kernel
+        .admin
+        .call("skill.start", json!({"name": "aos-memory"}))
+        .await;
+    eventually(Duration::from_secs(30), "the service's error", || {
+        let api = kernel.admin.clone();
+        async move {
+            let services = api.ok("service.list", json!({"skill": "aos-memory"})).await;
+            services
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|s| s["lastError"].as_str())
+                .find(|e| e.contains("memory store") && e.contains(word))
+                .map(str::to_owned)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_or_missing_store_is_reported_not_recreated_empty() {
+    let kernel = TestKernel::start();
+    let (agent, _) = kernel.admin.agent_and_session().await;
+    kernel
+        .admin
+        .ok(
+            "aos-memory.save",
+            json!({"agentId": agent, "text": "a fact worth keeping"}),
+        )
+        .await;
+    let db = find(&kernel.home, "memory.db").expect("memory.db under the kernel's home");
+    let services = kernel
+        .admin
+        .ok("service.list", json!({"skill": "aos-memory"}))
+        .await;
+    kernel
+        .admin
+        .ok("skill.stop", json!({"serviceId": services[0]["serviceId"]}))
+        .await;
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::write(&db, vec![0x5a; 64 * 1024]).unwrap();
+    let error = restart_and_error(&kernel, "corrupt").await;
+    assert!(error.contains("restore it from a backup"), "{error}");
+    std::fs::remove_file(&db).unwrap();
+    let error = restart_and_error(&kernel, "missing").await;
+    assert!(error.contains("memory.created"), "{error}");
+    assert!(!db.exists(), "an empty store was created in its place");
+}
