@@ -114,9 +114,21 @@ async fn until(c: &Client, what: &str, script: &str) -> Value {
     }
 }
 
+/// Opens `hash` and waits until its view has rendered.
 async fn goto(c: &Client, base: &str, hash: &str) {
     c.goto(&format!("{base}/{hash}")).await.unwrap();
-    until(c, "the app", "return window.aosReady === true").await;
+    let view = hash
+        .trim_start_matches("#/")
+        .split('/')
+        .next()
+        .unwrap_or("agents")
+        .to_owned();
+    until(
+        c,
+        "the view",
+        &format!("return window.aosReady === true && document.body.dataset.view === '{view}'"),
+    )
+    .await;
 }
 
 fn screenshots() -> PathBuf {

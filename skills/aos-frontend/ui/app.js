@@ -129,6 +129,7 @@ async function route() {
   const [view, id] = location.hash.replace(/^#\/?/, '').split('/');
   for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.view === (view || 'agents'));
   main.replaceChildren();
+  document.body.dataset.view = '';
   try {
     switch (view || 'agents') {
       case 'agents': await agentsView(); break;
@@ -143,6 +144,7 @@ async function route() {
   } catch (e) {
     main.append(errorBox(e));
   }
+  document.body.dataset.view = view || 'agents';
 }
 window.addEventListener('hashchange', route);
 
@@ -556,5 +558,5 @@ async function usageView() {
 connectEvents();
 refreshAsks().catch(() => {});
 on('skill.aos-guard.', () => refreshAsks().catch(() => {}));
-route();
-window.aosReady = true;
+// Ready once the first view has rendered (tests and scripts wait for it).
+route().finally(() => { window.aosReady = true; });
