@@ -221,6 +221,8 @@ async fn call(
         .http
         .post(format!("{}/aoscp", app.api))
         .bearer_auth(&app.token)
+        // A hung kernel costs the page this long at most (streams have no deadline).
+        .timeout(std::time::Duration::from_secs(120))
         .json(&envelope)
         .send()
         .await
@@ -240,7 +242,13 @@ async fn call(
 }
 
 async fn health(State(app): State<Arc<App>>) -> Response {
-    match app.http.get(format!("{}/health", app.api)).send().await {
+    match app
+        .http
+        .get(format!("{}/health", app.api))
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+    {
         Ok(reply) if reply.status().is_success() => match reply.bytes().await {
             Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
             Err(e) => unreachable(e),
