@@ -57,6 +57,47 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// Deadline of a syscall made through [`ServiceClient::call`].
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The `main` of a service binary: logs to stderr without colour codes (the kernel
+/// keeps and forwards a service's stderr) at the level `AOS_LOG` says (default `info`),
+/// runs `serve` on a Tokio runtime with `worker_threads` workers, and exits 1 after
+/// printing `<name>: <error>` when it fails.
+pub fn run_main<F, E>(
+    name: &str,
+    worker_threads: usize,
+    serve: impl FnOnce() -> F,
+) -> std::process::ExitCode
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AOS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads.max(1))
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{name}: cannot start a runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Why a service stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {

@@ -37,32 +37,7 @@ struct Guard {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // The kernel keeps and forwards service stderr; colour codes would end up escaped.
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AOS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("aos-guard: cannot start a runtime: {error}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("aos-guard: {error}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    aos_sdk::service::run_main("aos-guard", 1, serve)
 }
 
 fn load_rules() -> Result<RulesFile, String> {
