@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use aos_sdk::protocol::StreamEvent;
+use aos_sdk::protocol::{StreamEvent, StreamToolResult};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -61,4 +61,15 @@ pub async fn history(api: &Api, session: &str) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
+}
+
+/// The tool results of a dispatch's events, in order.
+pub fn tool_results(events: &[StreamEvent]) -> Vec<StreamToolResult> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::ToolResult(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
 }

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use aos_sdk::protocol::{ErrorCode, StreamEvent};
-use aos_tests::dispatching::{configure, done, history, run};
+use aos_tests::dispatching::{configure, done, history, run, tool_results};
 use aos_tests::llm::{Reply, ScriptedLlm};
 use aos_tests::{TestKernel, copy_dir, eventually, repo_root};
 use serde_json::{Value, json};
@@ -403,13 +403,7 @@ async fn an_agent_writes_a_skill_and_another_agent_finds_and_loads_it() {
         Reply::text("written"),
     ]);
     let events = run(&kernel.admin, &writer, "write down how to frobnicate").await;
-    let created = events
-        .iter()
-        .find_map(|e| match e {
-            StreamEvent::ToolResult(r) => Some(r.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let created = tool_results(&events).remove(0);
     assert_eq!(created.exit_code, Some(0), "{created:?}");
     assert!(
         created.preview.contains("created frobnicate-widgets"),
@@ -429,12 +423,9 @@ async fn an_agent_writes_a_skill_and_another_agent_finds_and_loads_it() {
         Reply::text("loaded"),
     ]);
     let events = run(&kernel.admin, &reader, "how do I frobnicate?").await;
-    let results: Vec<String> = events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::ToolResult(r) => Some(r.preview.clone()),
-            _ => None,
-        })
+    let results: Vec<String> = tool_results(&events)
+        .into_iter()
+        .map(|r| r.preview)
         .collect();
     assert!(
         results[0].starts_with("frobnicate-widgets — How to frobnicate"),
@@ -469,13 +460,7 @@ async fn tool_result_of(
 ) -> aos_sdk::protocol::StreamToolResult {
     llm.push([Reply::bash(command), Reply::text("ok")]);
     let events = run(&kernel.admin, session, "go").await;
-    events
-        .iter()
-        .find_map(|e| match e {
-            StreamEvent::ToolResult(r) => Some(r.clone()),
-            _ => None,
-        })
-        .unwrap()
+    tool_results(&events).remove(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -663,13 +648,7 @@ async fn every_command_in_the_aos_manual_works_as_written_from_an_agents_bash() 
             .chain([Reply::text("done")]),
     );
     let events = run(&kernel.admin, &session, "try the manual").await;
-    let results: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::ToolResult(r) => Some(r.clone()),
-            _ => None,
-        })
-        .collect();
+    let results = tool_results(&events);
     assert_eq!(results.len(), commands.len());
     for (command, result) in commands.iter().zip(&results) {
         assert_eq!(result.exit_code, Some(0), "`{command}` failed: {result:?}");

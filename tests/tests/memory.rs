@@ -9,18 +9,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use aos_sdk::protocol::StreamEvent;
-use aos_tests::dispatching::{configure, run};
+use aos_tests::dispatching::{configure, run, tool_results};
 use aos_tests::llm::{Reply, ScriptedLlm};
 use aos_tests::{TestKernel, eventually};
 use serde_json::json;
 
 fn results(events: &[StreamEvent]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::ToolResult(r) => Some(r.preview.clone()),
-            _ => None,
-        })
+    tool_results(events)
+        .into_iter()
+        .map(|r| r.preview)
         .collect()
 }
 
