@@ -246,6 +246,11 @@ async fn write_loop(
     mut out: mpsc::Receiver<String>,
     closed: CancellationToken,
 ) {
+    // The peer learns the connection is over however this loop ends.
+    let _closed = closed.clone().drop_guard();
+    // A sink that failed once must not be polled again: its error mapping is
+    // spent and the transport is gone anyway.
+    let mut broken = false;
     loop {
         let frame = tokio::select! {
             () = closed.cancelled() => break,
@@ -255,28 +260,33 @@ async fn write_loop(
             },
         };
         if sink.feed(frame).await.is_err() {
+            broken = true;
             break;
         }
         // Everything already queued goes out in one flush.
-        let mut failed = false;
         while let Ok(frame) = out.try_recv() {
             if sink.feed(frame).await.is_err() {
-                failed = true;
+                broken = true;
                 break;
             }
         }
-        if failed || sink.flush().await.is_err() {
+        if broken || sink.flush().await.is_err() {
+            broken = true;
             break;
         }
     }
-    // Answers queued before the close still go out.
-    while let Ok(frame) = out.try_recv() {
-        if sink.feed(frame).await.is_err() {
-            break;
+    if !broken {
+        // Answers queued before the close still go out.
+        while let Ok(frame) = out.try_recv() {
+            if sink.feed(frame).await.is_err() {
+                broken = true;
+                break;
+            }
+        }
+        if !broken {
+            let _ = sink.close().await;
         }
     }
-    let _ = sink.close().await;
-    closed.cancel();
 }
 
 async fn read_loop(mut stream: FrameStream, incoming: mpsc::Sender<Incoming>, inner: Arc<Inner>) {

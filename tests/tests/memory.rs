@@ -105,10 +105,14 @@ async fn killing_the_memory_service_mid_write_loses_no_acknowledged_fact() {
         .ok("service.list", json!({"skill": "aos-memory"}))
         .await;
     let pid = services[0]["pid"].as_i64().unwrap() as i32;
+    // Writers go on while the service is killed: the kill lands after some saves were
+    // acknowledged and while others are in flight.
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut writers = Vec::new();
     for i in 0..300 {
         let api = kernel.admin.clone();
         let agent = agent.clone();
+        let acked = acked.clone();
         writers.push(tokio::spawn(async move {
             let reply = api
                 .call(
@@ -116,18 +120,22 @@ async fn killing_the_memory_service_mid_write_loses_no_acknowledged_fact() {
                     json!({"agentId": agent, "text": format!("fact number {i} about durability")}),
                 )
                 .await;
-            reply
-                .ok
-                .then(|| reply.data.unwrap()["id"].as_str().unwrap().to_owned())
+            reply.ok.then(|| {
+                acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                reply.data.unwrap()["id"].as_str().unwrap().to_owned()
+            })
         }));
-        if i == 120 {
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            )
-            .unwrap();
-        }
     }
+    eventually(Duration::from_secs(30), "first saves acknowledged", || {
+        let acked = acked.clone();
+        async move { (acked.load(std::sync::atomic::Ordering::SeqCst) >= 40).then_some(()) }
+    })
+    .await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let mut acknowledged = BTreeSet::new();
     for w in writers {
         if let Some(id) = w.await.unwrap() {
