@@ -7,6 +7,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod a2a;
 mod context;
 mod dispatch;
 mod memory;
@@ -141,6 +142,10 @@ fn main() -> Result<()> {
     if wanted("memory-search") {
         eprintln!("== memory-search");
         sections.push(runtime.block_on(memory::search_latency(&plan))?);
+    }
+    if wanted("a2a-wake") {
+        eprintln!("== a2a-wake");
+        sections.push(runtime.block_on(a2a::wake_round_trip(&plan))?);
     }
     if wanted("priorities") {
         eprintln!("== priorities");

@@ -149,6 +149,9 @@ error_codes! {
     LeaseExpired = "lease.expired" => 409,
     /// A concurrent writer changed the object first; retry on the new revision.
     RevisionConflict = "revision.conflict" => 409,
+    /// A configured bound was reached (a rate, a depth, a fan-out); the message names
+    /// the bound and where it is configured. Retrying later may succeed.
+    LimitExceeded = "limit.exceeded" => 429,
     /// The operation exists but is not available in this build or configuration.
     Unavailable = "unavailable" => 501,
     /// The LLM provider could not be reached or refused the request.
