@@ -323,7 +323,7 @@ fn the_readme_tour_works() {
     let _kernel = SpawnedKernel::start(dir.path());
     let (code, status, _) = aos(dir.path(), &["status"]);
     assert_eq!(code, 0);
-    assert!(status.contains("skills: 9 indexed, 0 broken"), "{status}");
+    assert!(status.contains("skills: 10 indexed, 0 broken"), "{status}");
     let (_, agent, _) = aos(dir.path(), &["agent", "create", "--name", "researcher"]);
     let agent = agent.trim();
     assert!(agent.starts_with("agt_"), "{agent}");
@@ -378,7 +378,7 @@ fn the_readme_tour_works() {
         assert!(started.contains("state:      running"), "{started}");
     }
     let (_, services, _) = aos(dir.path(), &["service", "list"]);
-    assert_eq!(services.matches("running").count(), 7, "{services}");
+    assert_eq!(services.matches("running").count(), 8, "{services}");
     let (code, checked, _) = aos(
         dir.path(),
         &[

@@ -72,6 +72,11 @@ enum WriteOp {
         expected: u64,
         body: String,
     },
+    SaveAgent {
+        agent: AgentCb,
+        expected: u64,
+        body: String,
+    },
     InsertDispatch {
         dispatch: Dispatch,
         body: String,
@@ -351,20 +356,62 @@ async fn append_loop(
             run_batch(&writer, &batch).await
         };
         for (job, result) in batch.drain(..).zip(results) {
-            if let (WriteOp::Append { message, .. }, Ok(Written::Appended(outcome))) =
-                (&job.op, &result)
-            {
-                lock_cache(&cache).patch_session(
-                    &message.session_id,
-                    outcome.session_revision,
-                    |s| {
-                        s.last_seq = outcome.seq;
-                        s.updated_at = message.created_at;
-                    },
-                );
+            if let Ok(written) = &result {
+                update_cache(&mut lock_cache(&cache), &job.op, written);
             }
             let _ = job.reply.send(result);
         }
+    }
+}
+
+/// Brings the cached control blocks up to date with one committed write. Only the
+/// write loop calls it, in commit order, so a block is never replaced by an older one:
+/// a caller that applied its own write after the reply could race a later write that
+/// the loop had already applied.
+fn update_cache(cache: &mut BlockCache, op: &WriteOp, written: &Written) {
+    match (op, written) {
+        (WriteOp::Append { message, .. }, Written::Appended(outcome)) => {
+            cache.patch_session(&message.session_id, outcome.session_revision, |s| {
+                s.last_seq = outcome.seq;
+                s.updated_at = message.created_at;
+            });
+        }
+        // A successful compare-and-set proves no append or usage update came in
+        // between (both bump the revision), so the block's counters are current.
+        (WriteOp::SaveSession { session, .. }, Written::Rows(1)) => cache.put_session(session),
+        (WriteOp::SaveAgent { agent, .. }, Written::Rows(1)) => cache.put_agent(agent),
+        (
+            WriteOp::AddUsage {
+                session_id,
+                usage,
+                now,
+            },
+            Written::Usage {
+                agent_id,
+                session_revision,
+                agent_revision,
+            },
+        ) => {
+            let cost_micros = (usage.cost_usd * 1_000_000.0).round();
+            let add = |total: &mut Usage| {
+                total.prompt_tokens += usage.prompt_tokens;
+                total.completion_tokens += usage.completion_tokens;
+                total.total_tokens = total.prompt_tokens + total.completion_tokens;
+                total.cost_usd =
+                    ((total.cost_usd * 1_000_000.0).round() + cost_micros) / 1_000_000.0;
+                total.turns += usage.turns;
+                total.dispatches += usage.dispatches;
+            };
+            cache.patch_session(session_id, *session_revision, |s| {
+                add(&mut s.usage);
+                s.updated_at = *now;
+            });
+            cache.patch_agent(agent_id, *agent_revision, |a| {
+                add(&mut a.usage);
+                a.updated_at = *now;
+            });
+        }
+        _ => {}
     }
 }
 
@@ -417,6 +464,24 @@ async fn run_op(connection: &mut sqlx::SqliteConnection, op: &WriteOp) -> StoreR
         .await
         .map(|done| Written::Rows(done.rows_affected()))
         .map_err(classify("saving a session")),
+        WriteOp::SaveAgent {
+            agent,
+            expected,
+            body,
+        } => sqlx::query(
+            "UPDATE agents SET status = ?1, revision = ?2, updated_at = ?3, body = ?4
+             WHERE agent_id = ?5 AND revision = ?6",
+        )
+        .bind(status_str(agent.status))
+        .bind(agent.revision as i64)
+        .bind(agent.updated_at.as_millis())
+        .bind(body)
+        .bind(&agent.agent_id)
+        .bind(*expected as i64)
+        .execute(&mut *connection)
+        .await
+        .map(|done| Written::Rows(done.rows_affected()))
+        .map_err(classify("saving an agent")),
         WriteOp::InsertDispatch { dispatch, body } => sqlx::query(
             "INSERT INTO dispatches (dispatch_id, session_id, agent_id, status, queued_at, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -945,20 +1010,17 @@ impl Store for SqliteStore {
 
     async fn save_agent(&self, agent: &AgentCb, expected: u64) -> StoreResult<()> {
         let body = to_json("agent", agent)?;
-        let done = sqlx::query(
-            "UPDATE agents SET status = ?1, revision = ?2, updated_at = ?3, body = ?4
-             WHERE agent_id = ?5 AND revision = ?6",
-        )
-        .bind(status_str(agent.status))
-        .bind(agent.revision as i64)
-        .bind(agent.updated_at.as_millis())
-        .bind(body)
-        .bind(&agent.agent_id)
-        .bind(expected as i64)
-        .execute(&self.writer)
-        .await
-        .map_err(classify("saving an agent"))?;
-        if done.rows_affected() == 0 {
+        let done = self
+            .write(
+                "saving an agent",
+                WriteOp::SaveAgent {
+                    agent: agent.clone(),
+                    expected,
+                    body,
+                },
+            )
+            .await?;
+        if matches!(done, Written::Rows(0)) {
             // The cached block may be the stale one; let the next read go to the file.
             self.cache().agents.remove(&agent.agent_id);
             return Err(match self.get_agent(&agent.agent_id).await? {
@@ -973,7 +1035,6 @@ impl Store for SqliteStore {
                 },
             });
         }
-        self.cache().put_agent(agent);
         Ok(())
     }
 
@@ -1092,9 +1153,6 @@ impl Store for SqliteStore {
                 },
             });
         }
-        // A successful compare-and-set proves no append or usage update came in between
-        // (both bump the revision), so the block's counters are current.
-        self.cache().put_session(session);
         Ok(())
     }
 
@@ -1395,43 +1453,18 @@ impl Store for SqliteStore {
     // -- usage -----------------------------------------------------------------------------
 
     async fn add_usage(&self, session_id: &str, usage: &Usage) -> StoreResult<()> {
-        let cost_micros = (usage.cost_usd * 1_000_000.0).round() as i64;
-        let now = Timestamp::now();
         let op = WriteOp::AddUsage {
             session_id: session_id.to_owned(),
             usage: *usage,
-            now,
+            now: Timestamp::now(),
         };
-        let Written::Usage {
-            agent_id,
-            session_revision,
-            agent_revision,
-        } = self.write("recording usage", op).await?
-        else {
-            return Err(StoreError::Unavailable {
+        match self.write("recording usage", op).await? {
+            Written::Usage { .. } => Ok(()),
+            _ => Err(StoreError::Unavailable {
                 action: "recording usage",
                 source: sqlx::Error::Protocol("the write task answered oddly".into()),
-            });
-        };
-        let add = |total: &mut Usage| {
-            total.prompt_tokens += usage.prompt_tokens;
-            total.completion_tokens += usage.completion_tokens;
-            total.total_tokens = total.prompt_tokens + total.completion_tokens;
-            total.cost_usd =
-                ((total.cost_usd * 1_000_000.0).round() + cost_micros as f64) / 1_000_000.0;
-            total.turns += usage.turns;
-            total.dispatches += usage.dispatches;
-        };
-        let mut cache = self.cache();
-        cache.patch_session(session_id, session_revision, |s| {
-            add(&mut s.usage);
-            s.updated_at = now;
-        });
-        cache.patch_agent(&agent_id, agent_revision, |a| {
-            add(&mut a.usage);
-            a.updated_at = now;
-        });
-        Ok(())
+            }),
+        }
     }
 
     async fn system_usage(&self) -> StoreResult<Usage> {
