@@ -137,6 +137,8 @@ fn screenshots() -> PathBuf {
     dir
 }
 
+/// Screenshots of the current view at laptop and phone size; at phone size the page
+/// must not scroll sideways.
 async fn shoot(c: &Client, name: &str) {
     let dir = screenshots();
     for (w, h) in [(1280u32, 800u32), (390, 844)] {
@@ -145,8 +147,49 @@ async fn shoot(c: &Client, name: &str) {
         let png = c.screenshot().await.unwrap();
         assert!(png.starts_with(b"\x89PNG"), "not a PNG");
         std::fs::write(dir.join(format!("{name}-{w}x{h}.png")), png).unwrap();
+        if w < 500 {
+            let widths = js(
+                c,
+                "return [document.documentElement.scrollWidth, window.innerWidth, \
+                 [...document.querySelectorAll('main *')].filter(e => e.getBoundingClientRect().right > window.innerWidth + 1).slice(0, 5).map(e => e.tagName + '.' + e.className + '#' + e.id)]",
+            )
+            .await;
+            assert!(
+                widths[0].as_f64().unwrap() <= widths[1].as_f64().unwrap(),
+                "the {name} view scrolls sideways at {w}px (scrollWidth, innerWidth, widest): {widths}"
+            );
+        }
     }
     c.set_window_size(1280, 800).await.unwrap();
+}
+
+/// The browser console's `SEVERE` entries since the last read (ChromeDriver's log
+/// endpoint; `goog:loggingPrefs` asks it to keep them): console errors, uncaught
+/// exceptions, failed requests.
+async fn console_errors(driver: &Driver, c: &Client) -> Vec<Value> {
+    let id = c.session_id().await.unwrap().unwrap();
+    let http = reqwest::Client::new();
+    let mut reply = Value::Null;
+    for path in ["se/log", "log"] {
+        let response = http
+            .post(format!("{}/session/{id}/{path}", driver.url))
+            .json(&json!({"type": "browser"}))
+            .send()
+            .await
+            .unwrap();
+        if response.status().is_success() {
+            reply = response.json().await.unwrap();
+            break;
+        }
+    }
+    let entries = reply["value"]
+        .as_array()
+        .unwrap_or_else(|| panic!("ChromeDriver returned no browser log: {reply}"));
+    entries
+        .iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .cloned()
+        .collect()
 }
 
 async fn type_into(c: &Client, css: &str, text: &str) {
@@ -154,7 +197,15 @@ async fn type_into(c: &Client, css: &str, text: &str) {
     el.send_keys(text).await.unwrap();
 }
 
+/// Clicks `css` once it is scrolled to the middle of the window (clear of the sticky
+/// header and composer).
 async fn click(c: &Client, css: &str) {
+    c.execute(
+        "document.querySelector(arguments[0])?.scrollIntoView({block: 'center'}); return true",
+        vec![json!(css)],
+    )
+    .await
+    .unwrap();
     c.find(Locator::Css(css))
         .await
         .unwrap()
@@ -197,6 +248,66 @@ async fn the_web_ui_runs_a_team_of_agents_in_a_real_browser() {
         "return location.hash.startsWith('#/agent/') && document.querySelector('#create-session')",
     )
     .await;
+
+    // Defaults of another agent: rules keep their fields (a `disable` stays one, `start`
+    // survives) when the form saves them with a rule added and a new priority.
+    let other = kernel
+        .admin
+        .ok(
+            "agent.update",
+            json!({"agentId": kernel.admin.ok("agent.create", json!({"displayName": "second-agent"})).await["agentId"],
+                   "defaultSkills": [{"name": "aos-memory", "load": "disable"}, {"name": "aos-cron", "start": "disable"}]}),
+        )
+        .await["agentId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let back = js(&c, "return location.hash").await;
+    goto(&c, &base, &format!("#/agent/{other}")).await;
+    until(
+        &c,
+        "the rules",
+        "return document.querySelector('#rules tr[data-rule=aos-memory] select.load').value === 'disable'",
+    )
+    .await;
+    type_into(&c, "#new-rule", "aos-a2a").await;
+    click(&c, "#add-rule").await;
+    js(&c, "const p = document.querySelector('input[aria-label=Priority]'); p.value = '7'; return true").await;
+    click(&c, "#save-defaults").await;
+    until(
+        &c,
+        "defaults saved",
+        "return document.querySelector('#defaults-status').textContent === 'saved'",
+    )
+    .await;
+    let saved = kernel
+        .admin
+        .ok("agent.get", json!({"agentId": other}))
+        .await;
+    assert_eq!(saved["priority"], json!(7), "{saved}");
+    assert_eq!(
+        saved["defaultSkills"],
+        json!([{"name": "aos-memory", "load": "disable"}, {"name": "aos-cron", "start": "disable"}, {"name": "aos-a2a", "load": "enable"}]),
+        "{saved}"
+    );
+    // Archive it (the confirmation answered yes): the list shows it archived.
+    js(&c, "window.confirm = () => true; return true").await;
+    click(&c, "#archive-agent").await;
+    until(
+        &c,
+        "the archived agent in the list",
+        &format!("return location.hash === '#/agents' && document.querySelector('tr[data-agent={other}] .pill')?.textContent === 'archived'"),
+    )
+    .await;
+    assert_eq!(
+        kernel
+            .admin
+            .ok("agent.get", json!({"agentId": other}))
+            .await["status"],
+        json!("archived")
+    );
+    goto(&c, &base, back.as_str().unwrap()).await;
+
     click(&c, "#create-session").await;
     let hash = until(&c, "the chat view", "return location.hash.startsWith('#/session/') && document.querySelector('#message') && location.hash").await;
     let session = hash
@@ -241,10 +352,61 @@ async fn the_web_ui_runs_a_team_of_agents_in_a_real_browser() {
     );
     shoot(&c, "chat").await;
 
-    // A long dispatch, interrupted from the UI.
+    // A dispatch started elsewhere (the API, as aos-a2a, aos-cron or the CLI would): the
+    // open chat follows it, its message and its streamed answer.
+    llm.push([Reply::text("An answer for the outside caller.")]);
+    kernel
+        .admin
+        .ok(
+            "session.dispatch",
+            json!({"sessionId": session, "message": {"role": "user", "content": "a question from elsewhere"}}),
+        )
+        .await;
+    until(&c, "the outside question", "return [...document.querySelectorAll('.msg.user')].some(e => e.textContent.includes('a question from elsewhere'))").await;
+    until(&c, "the outside answer", "return [...document.querySelectorAll('.msg[data-status=done]')].some(e => e.textContent.includes('An answer for the outside caller.'))").await;
+
+    // A result too long for history is folded into content; the chat expands it.
+    llm.push([Reply::bash("seq 1 5000"), Reply::text("counted")]);
+    type_into(&c, "#message", "count to 5000\u{E007}").await;
+    until(
+        &c,
+        "the folded result",
+        "return document.querySelector('.tool .show-all')",
+    )
+    .await;
+    click(&c, ".tool .show-all").await;
+    until(&c, "the first lines of the folded result", "return [...document.querySelectorAll('.tool .result[data-expanded] pre')].some(e => e.textContent.includes('1999\\n2000'))").await;
+    // 2000 lines a page: two more clicks for the rest.
+    for shown in [4000, 5000] {
+        click(&c, ".tool .show-all").await;
+        until(
+            &c,
+            "the next page of the folded result",
+            &format!("return document.querySelector('.tool .result[data-expanded=\"{shown}\"]')"),
+        )
+        .await;
+    }
+    until(&c, "the whole folded result", "return [...document.querySelectorAll('.tool .result pre')].some(e => e.textContent.trimEnd().endsWith('4999\\n5000')) && !document.querySelector('.tool .show-all')").await;
+    until(
+        &c,
+        "the count's answer",
+        "return [...document.querySelectorAll('.msg[data-status=done]')].some(e => e.textContent.includes('counted'))",
+    )
+    .await;
+
+    // A long dispatch; a follow-up sent meanwhile is queued, then runs once the long one
+    // is interrupted from the UI.
     llm.push([Reply::bash("sleep 600")]);
     type_into(&c, "#message", "wait a long time\u{E007}").await;
     until(&c, "sleep running", "return [...document.querySelectorAll('.tool .cmd')].some(e => e.textContent.includes('sleep 600')) && !document.querySelector('#interrupt').disabled").await;
+    llm.push([Reply::text("The queued follow-up ran.")]);
+    type_into(&c, "#message", "and then this\u{E007}").await;
+    until(
+        &c,
+        "the queued follow-up",
+        "return document.querySelector('#dispatch-status').textContent.startsWith('queued') && document.querySelector('.msg.assistant[data-queued]')",
+    )
+    .await;
     click(&c, "#interrupt").await;
     until(
         &c,
@@ -252,6 +414,7 @@ async fn the_web_ui_runs_a_team_of_agents_in_a_real_browser() {
         "return document.querySelector('.msg[data-status=interrupted]')",
     )
     .await;
+    until(&c, "the follow-up's answer", "return [...document.querySelectorAll('.msg[data-status=done]')].some(e => e.textContent.includes('The queued follow-up ran.'))").await;
 
     // An `ask` rule: the command waits until a person approves it in the UI.
     kernel
@@ -259,7 +422,8 @@ async fn the_web_ui_runs_a_team_of_agents_in_a_real_browser() {
         .ok(
             "session.update",
             json!({"sessionId": session, "metadata": {"aos-guard": {"rules": [
-                {"name": "ask-ui", "action": "ask", "pattern": "touch approved-by-ui", "timeoutMs": 60000}
+                {"name": "ask-ui", "action": "ask", "pattern": "touch approved-by-ui", "timeoutMs": 60000},
+                {"name": "ask-deny", "action": "ask", "pattern": "touch denied-by-ui", "timeoutMs": 60000}
             ]}}}),
         )
         .await;
@@ -295,6 +459,57 @@ async fn the_web_ui_runs_a_team_of_agents_in_a_real_browser() {
     )
     .await;
 
+    // Deny: the command never runs, the dispatch goes on to its answer.
+    llm.push([
+        Reply::bash("touch denied-by-ui.txt"),
+        Reply::text("it was denied"),
+    ]);
+    let denied = kernel
+        .admin
+        .ok(
+            "session.dispatch",
+            json!({"sessionId": session, "message": {"role": "user", "content": "touch the other file"}}),
+        )
+        .await["dispatchId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    until(&c, "the approval to deny", "return [...document.querySelectorAll('.ask')].some(e => e.textContent.includes('touch denied-by-ui.txt'))").await;
+    click(&c, ".ask .deny").await;
+    eventually(Duration::from_secs(20), "the denied dispatch's end", || {
+        let admin = kernel.admin.clone();
+        let denied = denied.clone();
+        async move {
+            let d = admin
+                .ok("dispatch.get", json!({"dispatchId": denied}))
+                .await;
+            (d["status"] == "done").then_some(())
+        }
+    })
+    .await;
+    assert!(
+        !kernel
+            .home
+            .join("workspaces")
+            .join(&agent)
+            .join("denied-by-ui.txt")
+            .exists(),
+        "a denied command ran"
+    );
+
+    // The event list shows every event, whatever its name; the filter narrows it.
+    kernel
+        .admin
+        .ok(
+            "event.publish",
+            json!({"name": "skill.aos-cron.run", "payload": {"job": "from-the-browser-test"}}),
+        )
+        .await;
+    until(&c, "events outside any fixed list", "const names = [...document.querySelectorAll('#events [data-name]')].map(e => e.dataset.name); return names.includes('skill.aos-cron.run') && names.some(n => n.startsWith('context.'))").await;
+    type_into(&c, "#event-filter", "aos-guard").await;
+    until(&c, "the filtered events", "const names = [...document.querySelectorAll('#events [data-name]')].map(e => e.dataset.name); return names.length > 0 && names.every(n => n.includes('aos-guard'))").await;
+    shoot(&c, "activity-filtered").await;
+
     // History and usage render.
     goto(&c, &base, &format!("#/history/{session}")).await;
     until(
@@ -316,11 +531,31 @@ async fn the_web_ui_runs_a_team_of_agents_in_a_real_browser() {
     goto(&c, &base, "#/usage").await;
     until(
         &c,
-        "the chart",
-        "return document.querySelectorAll('svg.chart rect').length > 0",
+        "the charts",
+        "return document.querySelectorAll('svg.chart[data-metric=tokens] rect').length > 0 && document.querySelector('svg.chart[data-metric=cost]')",
     )
     .await;
+    until(&c, "cost per agent and session", &format!("return document.querySelector('#usage-agents tr[data-agent={agent}] td.cost') && document.querySelector('#usage-sessions tr[data-session={session}] td.cost')")).await;
     shoot(&c, "usage").await;
+    // Live: a dispatch that ends re-renders the view with the session's new total.
+    let tokens = format!(
+        "return document.querySelector('#usage-sessions tr[data-session={session}] td:nth-child(2)').textContent"
+    );
+    let before = js(&c, &tokens).await;
+    llm.push([Reply::text("one more answer")]);
+    kernel
+        .admin
+        .ok(
+            "session.dispatch",
+            json!({"sessionId": session, "message": {"role": "user", "content": "one more"}}),
+        )
+        .await;
+    until(
+        &c,
+        "the usage view updated live",
+        &format!("return document.querySelector('#usage-sessions tr[data-session={session}] td:nth-child(2)').textContent !== {before}"),
+    )
+    .await;
 
     // A SKILL.md edited on disk shows up without reloading the page.
     goto(&c, &base, "#/skills").await;
@@ -349,6 +584,9 @@ async fn the_web_ui_runs_a_team_of_agents_in_a_real_browser() {
     .await;
     shoot(&c, "skills").await;
 
+    let errors = console_errors(&driver, &c).await;
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+
     // The kernel restarts: a banner while it is down, the event stream back after.
     goto(&c, &base, "#/agents").await;
     let setup = kernel.stop();
@@ -376,6 +614,17 @@ async fn the_web_ui_runs_a_team_of_agents_in_a_real_browser() {
         "return document.querySelector('main').textContent.includes('made-after-restart')",
     )
     .await;
+    // While the kernel was down, requests failed (the banner's reason); nothing else may
+    // have gone wrong.
+    let errors: Vec<Value> = console_errors(&driver, &c)
+        .await
+        .into_iter()
+        .filter(|e| e["source"] != "network")
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "console errors around the restart: {errors:#?}"
+    );
 
     // Figures: first byte to interactive on the chat view, and memory after 1 000
     // streamed messages (answers of 1 000 dispatches, all followed by the page).
@@ -434,8 +683,39 @@ async fn the_web_ui_runs_a_team_of_agents_in_a_real_browser() {
     assert!(sent.is_ok(), "{sent:?}");
     assert!(first_byte_to_interactive > 0.0);
 
-    // Every view rendered without an uncaught script error.
+    // Usage counts the newest dispatches too (more than one page of them now).
+    let mut ended = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut params = json!({"limit": 1000});
+        if let Some(c) = &cursor {
+            params["cursor"] = json!(c);
+        }
+        let page = kernel.admin.ok("dispatch.list", params).await;
+        ended += page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d.get("endedAt").is_some())
+            .count();
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert!(ended > 1000, "{ended} dispatches ended");
+    goto(&c, &base, "#/usage").await;
+    until(
+        &c,
+        "every dispatch in the chart",
+        &format!("return document.querySelector('svg.chart[data-metric=tokens]').dataset.dispatches === '{ended}'"),
+    )
+    .await;
+
+    // Every view rendered without an uncaught script error or a console error.
     let errors = js(&c, "return window.scriptErrors").await;
     assert_eq!(errors, json!([]), "script errors");
+    let errors = console_errors(&driver, &c).await;
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
     c.close().await.unwrap();
 }

@@ -11,11 +11,12 @@ use std::sync::Arc;
 use aos_sdk::protocol::service::OpKindWire;
 use aos_sdk::service::Service;
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -232,6 +233,15 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+/// How a proxied SSE stream reaches the page.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Names {
+    /// As the kernel sends it.
+    Keep,
+    /// Without `event:` lines: every event arrives as an unnamed `message`.
+    Drop,
+}
+
 /// An SSE stream of the kernel's, passed through as it comes (`Last-Event-ID`, from the
 /// header or a `lastEventId` query parameter, goes along for resumption).
 async fn proxy_stream(
@@ -239,6 +249,7 @@ async fn proxy_stream(
     path: &str,
     query: Option<String>,
     headers: &HeaderMap,
+    names: Names,
 ) -> Response {
     let mut url = format!("{}{path}", app.api);
     let mut last_id = headers
@@ -264,7 +275,11 @@ async fn proxy_stream(
     }
     match request.send().await {
         Ok(reply) if reply.status().is_success() => {
-            let mut response = Response::new(Body::from_stream(reply.bytes_stream()));
+            let body = match names {
+                Names::Keep => Body::from_stream(reply.bytes_stream()),
+                Names::Drop => Body::from_stream(unnamed(reply.bytes_stream())),
+            };
+            let mut response = Response::new(body);
             let h = response.headers_mut();
             h.insert(
                 header::CONTENT_TYPE,
@@ -282,12 +297,41 @@ async fn proxy_stream(
     }
 }
 
+/// Drops the `event:` lines of an SSE byte stream, so every event reaches the page as
+/// an unnamed `message`. The event's name is in its data (`{id, name, ts, …}`), and
+/// `EventSource` has no catch-all for named events while the kernel's names are open
+/// (`skill.<name>.*`, new hooks): this way the page sees all of them.
+fn unnamed<E>(
+    stream: impl futures::Stream<Item = Result<Bytes, E>>,
+) -> impl futures::Stream<Item = Result<Bytes, E>> {
+    let mut pending: Vec<u8> = Vec::new();
+    stream.map(move |chunk| {
+        pending.extend_from_slice(&chunk?);
+        Ok(Bytes::from(strip_names(&mut pending)))
+    })
+}
+
+/// The complete lines of `pending` except `event:` ones; a trailing partial line stays.
+fn strip_names(pending: &mut Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(pending.len());
+    let mut start = 0;
+    while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
+        let line = &pending[start..=start + end];
+        if !line.starts_with(b"event:") {
+            out.extend_from_slice(line);
+        }
+        start += end + 1;
+    }
+    pending.drain(..start);
+    out
+}
+
 async fn events(
     State(app): State<Arc<App>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    proxy_stream(&app, "/events", query, &headers).await
+    proxy_stream(&app, "/events", query, &headers, Names::Drop).await
 }
 
 async fn dispatch_stream(
@@ -298,5 +342,36 @@ async fn dispatch_stream(
     if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         return (StatusCode::BAD_REQUEST, "not a dispatch id").into_response();
     }
-    proxy_stream(&app, &format!("/dispatches/{id}/stream"), None, &headers).await
+    proxy_stream(
+        &app,
+        &format!("/dispatches/{id}/stream"),
+        None,
+        &headers,
+        Names::Keep,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_names;
+
+    #[test]
+    fn event_lines_are_dropped_across_chunk_boundaries() {
+        let mut pending = Vec::new();
+        let mut out = Vec::new();
+        for chunk in [
+            &b"id: 1\nevent: skill.aos-cron.run\nda"[..],
+            b"ta: {\"name\":\"skill.aos-cron.run\"}\n\nev",
+            b"ent: x\n: keepalive\n\n",
+        ] {
+            pending.extend_from_slice(chunk);
+            out.extend(strip_names(&mut pending));
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap_or_default(),
+            "id: 1\ndata: {\"name\":\"skill.aos-cron.run\"}\n\n: keepalive\n\n"
+        );
+        assert!(pending.is_empty());
+    }
 }
