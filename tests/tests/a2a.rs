@@ -82,7 +82,7 @@ async fn a_wake_comes_back_with_one_correlation_id_in_both_histories() {
     let kernel = TestKernel::start();
     let llm = ScriptedLlm::start();
     configure(&kernel, &llm, "native").await;
-    let (_, a) = agent(&kernel.admin, "alice").await;
+    let (alice, a) = agent(&kernel.admin, "alice").await;
     let (bob, _) = agent(&kernel.admin, "bob").await;
     llm.rule(|body| {
         let last = last_user_text(body);
@@ -129,6 +129,58 @@ async fn a_wake_comes_back_with_one_correlation_id_in_both_histories() {
         })
         .unwrap_or_else(|| panic!("{theirs:#?}"));
     assert_eq!(theirs[asked_at + 1], "assistant: bob says 42");
+    // Both sides name sender, target, mode and correlation id; the service's record
+    // holds them as fields and points at each side's history message.
+    let (from, to) = (
+        format!("alice ({alice}, {a})"),
+        format!("bob ({bob}, {inbox})"),
+    );
+    let sent_note = mine
+        .iter()
+        .find(|t| t.starts_with("system: [a2a sent wake"))
+        .unwrap();
+    assert!(
+        sent_note.contains(&format!("to {to} from {from} id=")),
+        "{sent_note}"
+    );
+    assert!(
+        theirs[asked_at].contains(&format!("wake from {from} to {to} id=")),
+        "{}",
+        theirs[asked_at]
+    );
+    let id = asked[0].split_whitespace().nth(1).unwrap();
+    let record = kernel.admin.ok("aos-a2a.get", json!({"id": id})).await;
+    assert_eq!(record["mode"], "wake", "{record}");
+    assert_eq!(record["corr"], corr.as_str(), "{record}");
+    assert_eq!(record["from"]["agentId"], alice.as_str(), "{record}");
+    assert_eq!(record["from"]["sessionId"], a.as_str(), "{record}");
+    assert_eq!(record["to"]["agentId"], bob.as_str(), "{record}");
+    assert_eq!(record["to"]["sessionId"], inbox.as_str(), "{record}");
+    let by_id = |messages: &[Value], id: &Value| {
+        messages
+            .iter()
+            .find(|m| &m["id"] == id)
+            .map(|m| m["parts"][0]["text"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("no history message {id}"))
+    };
+    let note = by_id(
+        &history(&kernel.admin, &a).await,
+        &record["from"]["messageId"],
+    );
+    assert!(note.contains(&format!("id={id} corr={corr}")), "{note}");
+    // A woken target's side is the user message that started its dispatch.
+    let started = history(&kernel.admin, &inbox)
+        .await
+        .into_iter()
+        .find(|m| m["role"] == "user" && m["dispatchId"] == record["dispatchId"])
+        .unwrap_or_else(|| panic!("no message of dispatch {}", record["dispatchId"]));
+    assert!(
+        started["parts"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("id={id} corr={corr}")),
+        "{started}"
+    );
     // The kernel recorded who wrote each: the service, not alice's token.
     let origins: Vec<Value> = history(&kernel.admin, &inbox)
         .await
@@ -292,14 +344,16 @@ async fn three_sub_agents_run_at_once_and_wait_collects_their_answers() {
             Reply::text(&format!("answer {task}"))
         } else if aos_tests::llm::tool_results_since_user(body) == 0 {
             Reply::bash(
-                "a=$(a2a spawn \"task one\") && b=$(a2a spawn \"task two\") && c=$(a2a spawn \"task three\") && a2a wait $a $b $c",
+                "s=$(date +%s%N) && a=$(a2a spawn \"task one\") && b=$(a2a spawn \"task two\") && c=$(a2a spawn \"task three\") && a2a wait $a $b $c && echo \"took_ms=$(( ($(date +%s%N) - s) / 1000000 ))\"",
             )
         } else {
             Reply::text("all three answered")
         };
         reply.into()
     });
-    llm.set_latency(Duration::from_secs(1));
+    // Every model call takes L; three children one after another would take 3L.
+    let latency = Duration::from_secs(3);
+    llm.set_latency(latency);
     let events = run(&kernel.admin, &a, "split the work").await;
     let out = results(&events);
     for task in ["one", "two", "three"] {
@@ -310,6 +364,18 @@ async fn three_sub_agents_run_at_once_and_wait_collects_their_answers() {
         llm.max_in_flight() >= 3,
         "the sub-agents ran one after another (at most {} model calls at once)",
         llm.max_in_flight()
+    );
+    // And in about the time of one: from the first spawn to the last answer, well
+    // under 2L (the margin is for the interpreter and the kernel, not a benchmark).
+    let took = out[0]
+        .lines()
+        .find_map(|l| l.strip_prefix("took_ms="))
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .unwrap_or_else(|| panic!("no took_ms= in {out:?}"));
+    assert!(
+        took < 2 * latency,
+        "three sub-agents with a model latency of {latency:?} took {took:?}"
     );
     // Each child links to its parent, and the parent's history records them.
     let children: Vec<String> = out[0]
@@ -557,4 +623,185 @@ async fn first_id(api: &Api, parent: &str) -> String {
         .find_map(|w| w.strip_prefix("id="))
         .unwrap()
         .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_notify_and_wake_count_toward_the_wake_rate() {
+    let setup = aos_tests::Setup::new();
+    let config = setup.skills().join("aos-a2a/config.json");
+    let mut settings: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    settings["maxWakesPerMinute"] = json!(2);
+    std::fs::write(&config, settings.to_string()).unwrap();
+    let kernel = TestKernel::start_with(setup);
+    let llm = ScriptedLlm::start();
+    configure(&kernel, &llm, "native").await;
+    llm.rule(|_| Reply::text("ok").into());
+    let (_, a) = agent(&kernel.admin, "alice").await;
+    let (_, b) = agent(&kernel.admin, "bob").await;
+    let call = |op: &'static str, params: Value| {
+        let api = kernel.admin.clone();
+        async move { api.call(op, params).await }
+    };
+    let send = |from: &str, to: &str, mode: &str| {
+        call(
+            "aos-a2a.send",
+            json!({"to": to, "text": "hi", "mode": mode, "fromSessionId": from}),
+        )
+    };
+    // Sub-agents are bounded by maxChildren, not by the rate: three of bob, more than
+    // the rate allows, are all started.
+    for _ in 0..3 {
+        let spawned = call(
+            "aos-a2a.spawn",
+            json!({"task": "count to three", "agentId": "bob", "fromSessionId": a}),
+        )
+        .await;
+        assert!(spawned.ok, "{:?}", spawned.error);
+    }
+    // A notify and a wake are two; the third dispatching message is refused.
+    let first = send(&a, "bob", "notify").await;
+    assert!(
+        first.ok,
+        "the spawns were counted as wakes: {:?}",
+        first.error
+    );
+    assert!(send(&a, "bob", "wake").await.ok);
+    let refused = send(&a, "bob", "notify").await.error.unwrap();
+    assert_eq!(refused.code.as_str(), "limit.exceeded");
+    assert!(
+        refused.message.contains("maxWakesPerMinute")
+            && refused.message.contains("notify and wake"),
+        "{refused:?}"
+    );
+    assert!(send(&a, "bob", "silent").await.ok, "silent is not counted");
+    // Replies are bounded by the chain depth, not by the rate: bob answers three times
+    // and may still notify alice twice.
+    let message = first.data.unwrap()["id"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        let replied = call(
+            "aos-a2a.reply",
+            json!({"id": message, "text": "thanks", "fromSessionId": b}),
+        )
+        .await;
+        assert!(replied.ok, "{:?}", replied.error);
+    }
+    assert!(send(&b, "alice", "notify").await.ok, "replies were counted");
+    assert!(send(&b, "alice", "notify").await.ok);
+    assert!(!send(&b, "alice", "wake").await.ok);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_inbox_reply_and_wait_timeout_through_the_command() {
+    let kernel = TestKernel::start();
+    let llm = ScriptedLlm::start();
+    configure(&kernel, &llm, "native").await;
+    let (alice, a) = agent(&kernel.admin, "alice").await;
+    let (bob, b) = agent(&kernel.admin, "bob").await;
+    llm.rule(|body| {
+        let last = last_user_text(body);
+        if last.contains("[a2a spawn from alice") {
+            return Step {
+                reply: Reply::text("slow answer"),
+                delay: Duration::from_secs(5),
+            };
+        }
+        if last.contains("[a2a reply from bob") {
+            return Reply::text("got it").into();
+        }
+        if aos_tests::llm::tool_results_since_user(body) > 0 {
+            return Reply::text("done").into();
+        }
+        let command = match last.as_str() {
+            "who is there" => "a2a agents".to_owned(),
+            "tell bob" => "a2a send bob --silent \"the build is green\"".to_owned(),
+            "read mail" => "a2a inbox --limit 5".to_owned(),
+            "wait briefly" => {
+                "c=$(a2a spawn \"a slow task\") && a2a wait --timeout 1 $c; echo \"exit=$?\""
+                    .to_owned()
+            }
+            other => match other.strip_prefix("answer ") {
+                Some(id) => format!("a2a reply {id} \"thanks for the news\""),
+                None => return Reply::text("?").into(),
+            },
+        };
+        Reply::bash(&command).into()
+    });
+    // The directory: every agent, its description, what the caller may do, and who
+    // the caller is.
+    let agents = results(&run(&kernel.admin, &a, "who is there").await);
+    let line = |id: &str| {
+        agents[0]
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} not listed: {agents:?}"))
+            .to_owned()
+    };
+    assert_eq!(
+        line(&alice),
+        format!("{alice} alice (you) [silent,notify,wake,spawn] alice the tester")
+    );
+    assert_eq!(
+        line(&bob),
+        format!("{bob} bob [silent,notify,wake,spawn] bob the tester")
+    );
+    // Bob finds alice's message in his inbox, from another of his sessions.
+    let sent = results(&run(&kernel.admin, &a, "tell bob").await);
+    let id = sent[0].split_whitespace().nth(1).unwrap().to_owned();
+    let corr = corr_of(&sent[0]);
+    let inbox = results(&run(&kernel.admin, &b, "read mail").await);
+    assert!(
+        inbox[0].starts_with(&format!("{id} silent from alice ({alice}) corr={corr} "))
+            && inbox[0].contains("\n    the build is green"),
+        "{inbox:?}"
+    );
+    // His reply carries the message's correlation id on both sides and wakes alice.
+    let replied = results(&run(&kernel.admin, &b, &format!("answer {id}")).await);
+    assert!(
+        replied[0].starts_with("replied a2m_")
+            && replied[0].trim_end().ends_with(&format!("corr={corr}")),
+        "{replied:?}"
+    );
+    let bobs = texts(&kernel.admin, &b).await;
+    assert!(
+        bobs.iter()
+            .any(|t| t.starts_with("system: [a2a sent reply to alice")
+                && t.contains(&format!("corr={corr}"))
+                && t.contains("thanks for the news")),
+        "{bobs:#?}"
+    );
+    let answered = eventually(Duration::from_secs(30), "alice woken by the reply", || {
+        let api = kernel.admin.clone();
+        let a = a.clone();
+        let corr = corr.clone();
+        async move {
+            let texts = texts(&api, &a).await;
+            let at = texts.iter().position(|t| {
+                t.starts_with("user: [a2a reply from bob")
+                    && t.contains(&format!("corr={corr}"))
+                    && t.contains("thanks for the news")
+            })?;
+            texts.get(at + 1).cloned()
+        }
+    })
+    .await;
+    assert_eq!(answered, "assistant: got it");
+    eventually(Duration::from_secs(30), "alice idle", || {
+        let api = kernel.admin.clone();
+        let a = a.clone();
+        async move {
+            dispatches(&api, &a)
+                .await
+                .iter()
+                .all(|d| d["status"] == "done")
+                .then_some(())
+        }
+    })
+    .await;
+    // `a2a wait --timeout` gives up on a child still running, and says so.
+    let waited = results(&run(&kernel.admin, &a, "wait briefly").await);
+    assert!(
+        waited[0].contains("(running)\n(still running)") && waited[0].contains("exit=3"),
+        "{waited:?}"
+    );
 }

@@ -266,3 +266,191 @@ async fn a_corrupt_or_missing_store_is_reported_not_recreated_empty() {
     assert!(error.contains("memory.created"), "{error}");
     assert!(!db.exists(), "an empty store was created in its place");
 }
+
+/// Saves `text` as a private fact of `agent`; returns its id.
+async fn save(kernel: &TestKernel, agent: &str, text: &str, scope: &str) -> String {
+    let saved = kernel
+        .admin
+        .ok(
+            "aos-memory.save",
+            json!({"agentId": agent, "text": text, "scope": scope}),
+        )
+        .await;
+    saved["id"].as_str().unwrap().to_owned()
+}
+
+/// The lines of the memory block of a system prompt (empty when none was offered).
+fn offered(prompt: &str) -> Vec<String> {
+    prompt
+        .split_once("From your memory")
+        .map(|(_, block)| {
+            block
+                .lines()
+                .filter(|l| l.starts_with("- [mem_"))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn common_words_offer_nothing_and_offers_keep_to_the_budget_best_first() {
+    let setup = aos_tests::Setup::new();
+    let config = setup.skills().join("aos-memory/config.json");
+    let mut settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    settings["offerChars"] = json!(200);
+    std::fs::write(&config, settings.to_string()).unwrap();
+    let kernel = TestKernel::start_with(setup);
+    let llm = ScriptedLlm::start();
+    configure(&kernel, &llm, "native").await;
+    let (agent, session) = kernel.admin.agent_and_session().await;
+    // A fact that shares only common words with the question is not relevant.
+    let common = save(
+        &kernel,
+        &agent,
+        "it is what it is, and the rest is there",
+        "private",
+    )
+    .await;
+    let seen = llm.requests().len();
+    llm.push([Reply::text("no plan known")]);
+    run(&kernel.admin, &session, "what is the plan?").await;
+    let prompt = system_prompt(&llm.requests()[seen]);
+    assert!(!prompt.contains("From your memory"), "{prompt}");
+    let found = kernel
+        .admin
+        .ok(
+            "aos-memory.search",
+            json!({"agentId": agent, "query": "what is the plan?"}),
+        )
+        .await;
+    assert_eq!(found["items"], json!([]), "{found}");
+    // Relevant facts are offered best first, within offerChars: one too long for the
+    // budget gives way to a shorter, less relevant one.
+    let best = save(
+        &kernel,
+        &agent,
+        "release plan: the release plan ships on friday",
+        "private",
+    )
+    .await;
+    let long = save(
+        &kernel,
+        &agent,
+        &format!("release notes {}", "and more notes ".repeat(20)),
+        "shared",
+    )
+    .await;
+    let other = save(
+        &kernel,
+        &agent,
+        "the plan for the offsite is a boat trip",
+        "private",
+    )
+    .await;
+    let seen = llm.requests().len();
+    llm.push([Reply::text("friday")]);
+    run(&kernel.admin, &session, "what is the release plan?").await;
+    let lines = offered(&system_prompt(&llm.requests()[seen]));
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(lines[0].starts_with(&format!("- [{best}]")), "{lines:#?}");
+    assert!(lines[1].starts_with(&format!("- [{other}]")), "{lines:#?}");
+    let used: usize = lines.iter().map(|l| l.chars().count() + 1).sum();
+    assert!(used <= 200, "{used} characters offered, offerChars is 200");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains(&long) || l.contains(&common))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_and_search_through_the_command_newest_and_best_first_within_the_limit() {
+    let kernel = TestKernel::start();
+    let llm = ScriptedLlm::start();
+    configure(&kernel, &llm, "native").await;
+    let (agent, session) = kernel.admin.agent_and_session().await;
+    save(
+        &kernel,
+        &agent,
+        "the staging cluster runs in eu-west",
+        "private",
+    )
+    .await;
+    let best = save(
+        &kernel,
+        &agent,
+        "the staging database is pg-staging-2; every staging database change needs review",
+        "private",
+    )
+    .await;
+    let backups = save(&kernel, &agent, "database backups run nightly", "shared").await;
+    let lunch = save(&kernel, &agent, "lunch is at noon", "private").await;
+    llm.push([
+        Reply::bash("memory list --limit 2"),
+        Reply::bash("memory search \"staging database\" --limit 3"),
+        Reply::bash("memory search \"staging database\" --limit 1"),
+        Reply::text("looked"),
+    ]);
+    let out = results(&run(&kernel.admin, &session, "what do we know?").await);
+    let ids = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| l.split_whitespace().next().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&out[0]), [lunch, backups.clone()], "{out:?}");
+    assert!(
+        out[0].contains(&format!("{backups} (shared) database backups")),
+        "{out:?}"
+    );
+    let ranked = ids(&out[1]);
+    assert_eq!(ranked.len(), 3, "{out:?}");
+    assert_eq!(
+        ranked[0], best,
+        "the fact with both words, twice, comes first: {out:?}"
+    );
+    assert_eq!(ids(&out[2]), [best], "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn facts_survive_a_kernel_restart() {
+    let kernel = TestKernel::start();
+    let (agent, _) = kernel.admin.agent_and_session().await;
+    let private = save(
+        &kernel,
+        &agent,
+        "the deploy key rotates on mondays",
+        "private",
+    )
+    .await;
+    let shared = save(
+        &kernel,
+        &agent,
+        "the staging database is pg-staging-2",
+        "shared",
+    )
+    .await;
+    let setup = kernel.stop();
+    let kernel = TestKernel::start_with(setup);
+    let listed = kernel
+        .admin
+        .ok("aos-memory.list", json!({"agentId": agent}))
+        .await;
+    let ids: BTreeSet<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, BTreeSet::from([private.as_str(), shared.as_str()]));
+    let found = kernel
+        .admin
+        .ok(
+            "aos-memory.search",
+            json!({"agentId": agent, "query": "staging database"}),
+        )
+        .await;
+    assert_eq!(found["items"][0]["id"], shared.as_str(), "{found}");
+    assert_eq!(found["items"][0]["scope"], "shared", "{found}");
+}

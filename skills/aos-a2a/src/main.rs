@@ -4,7 +4,9 @@
 //! policy (`policy.json`) and the loop bounds (`config.json`) allow it: the sending
 //! agent's token never touches the target. A message is a history fact on both sides —
 //! a `system` note in the sender's session, a `user` message in the target's — each
-//! headed with sender, target, mode, message id and correlation id.
+//! headed with sender, target, mode, message id and correlation id. The kernel keeps no
+//! metadata on history messages, so the structured form of those fields is this
+//! service's record, which names the history message of each side.
 //!
 //! Modes: `silent` appends to the target's session; `notify` dispatches it (queued
 //! behind a running dispatch); `wake` dispatches it and sends the final answer back
@@ -13,7 +15,9 @@
 //!
 //! Loops are bounded: each dispatch this service starts carries a chain depth (one more
 //! than the dispatch that sent the message), refused past `maxChainDepth`; and more than
-//! `maxWakesPerMinute` dispatching messages from one agent to another are refused.
+//! `maxWakesPerMinute` notify and wake messages from one agent to another are refused.
+//! Sub-agents are bounded by `maxChildren` and `maxSpawnDepth` instead, and replies by
+//! the chain depth (a reply answers a message, so it cannot start a loop by itself).
 //! Messages live in SQLite in the service's data directory, so pending replies survive
 //! a restart: running ones are checked against their dispatches at start.
 
@@ -35,8 +39,9 @@ use sqlx::{Row, SqlitePool};
 struct Config {
     /// Hops a chain of messages may take (A wakes B, whose dispatch wakes C, …).
     max_chain_depth: i64,
-    /// Dispatching messages (notify, wake, reply wakes, spawns) from one agent to
-    /// another per rolling minute.
+    /// Notify and wake messages from one agent to another per rolling minute. Spawns
+    /// (bounded by `max_children` and `max_spawn_depth`), replies (bounded by the chain
+    /// depth) and silent messages are not counted.
     max_wakes_per_minute: usize,
     /// Sub-agents of sub-agents: a root session spawns depth 1.
     max_spawn_depth: i64,
@@ -92,6 +97,20 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS inboxes (agent_id TEXT PRIMARY KEY, session_id TEXT NOT NULL)",
 ];
 
+/// Columns added after the first release, created in stores that lack them: the
+/// history message ids of a message's two sides (the sender's note; the target's
+/// message when it was appended rather than dispatched).
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    (
+        "from_message_id",
+        "ALTER TABLE messages ADD COLUMN from_message_id TEXT",
+    ),
+    (
+        "to_message_id",
+        "ALTER TABLE messages ADD COLUMN to_message_id TEXT",
+    ),
+];
+
 /// One end of a message.
 #[derive(Debug, Clone)]
 struct End {
@@ -116,7 +135,7 @@ struct A2a {
     client: ServiceClient,
     config: Config,
     skill_dir: PathBuf,
-    /// Dispatching messages per (from agent, to agent) in the last minute.
+    /// Notify and wake messages per (from agent, to agent) in the last minute.
     rates: Mutex<HashMap<(String, String), VecDeque<Instant>>>,
     /// Bumped whenever a message is answered; `wait` watches it.
     answered: tokio::sync::watch::Sender<u64>,
@@ -153,6 +172,20 @@ async fn serve() -> Result<(), String> {
             .execute(&pool)
             .await
             .map_err(|e| format!("preparing the message store: {e}"))?;
+    }
+    for (column, add) in ADDED_COLUMNS {
+        let present: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pragma_table_info('messages') WHERE name = ?")
+                .bind(column)
+                .fetch_one(&pool)
+                .await
+                .map_err(|e| format!("reading the message store's columns: {e}"))?;
+        if present == 0 {
+            sqlx::query(*add)
+                .execute(&pool)
+                .await
+                .map_err(|e| format!("adding {column} to the message store: {e}"))?;
+        }
     }
     let service = Service::from_env("aos-a2a");
     let a2a = Arc::new(A2a {
@@ -221,7 +254,7 @@ async fn serve() -> Result<(), String> {
         service,
         "get",
         OpKindWire::Query,
-        "One message by id: params {id}.",
+        "One message by id: params {id}; returns {id, corr, mode, from, to, text, depth, dispatchId, state, answer?, error?, replyTo?}, where from and to are {agentId, sessionId, messageId?}: the history message of each side (the sender's note; the target's message when it was appended — a dispatched one is the user message of dispatchId).",
         get
     );
     let on_end = a2a.clone();
@@ -304,8 +337,10 @@ fn row_json(row: &sqlx::sqlite::SqliteRow) -> Value {
         "id": row.get::<String, _>("id"),
         "corr": row.get::<String, _>("corr"),
         "mode": row.get::<String, _>("mode"),
-        "from": {"agentId": row.get::<String, _>("from_agent"), "sessionId": row.get::<String, _>("from_session")},
-        "to": {"agentId": row.get::<String, _>("to_agent"), "sessionId": row.get::<String, _>("to_session")},
+        "from": {"agentId": row.get::<String, _>("from_agent"), "sessionId": row.get::<String, _>("from_session"),
+                 "messageId": row.get::<Option<String>, _>("from_message_id")},
+        "to": {"agentId": row.get::<String, _>("to_agent"), "sessionId": row.get::<String, _>("to_session"),
+               "messageId": row.get::<Option<String>, _>("to_message_id")},
         "text": row.get::<String, _>("text"),
         "depth": row.get::<i64, _>("depth"),
         "dispatchId": row.get::<Option<String>, _>("dispatch_id"),
@@ -367,7 +402,7 @@ impl A2a {
         }
     }
 
-    /// Counts one dispatching message from `from` to `to`, refusing past the rate.
+    /// Counts one notify or wake message from `from` to `to`, refusing past the rate.
     fn take_rate(&self, from: &End, to: &End) -> Result<(), OpError> {
         let now = Instant::now();
         let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
@@ -382,7 +417,7 @@ impl A2a {
         }
         if window.len() >= self.config.max_wakes_per_minute {
             return Err(limit(format!(
-                "{} has woken {} {} times in the last minute, the limit (maxWakesPerMinute in aos-a2a's config.json); wait, or send --silent",
+                "{} has sent {} {} notify and wake messages in the last minute, the limit (maxWakesPerMinute in aos-a2a's config.json); wait, or send --silent",
                 from.name,
                 to.name,
                 window.len()
@@ -581,7 +616,7 @@ impl A2a {
             )));
         }
         let dispatching = out.mode != "silent";
-        if dispatching {
+        if matches!(out.mode, "notify" | "wake") {
             self.take_rate(out.from, out.to)?;
         }
         let id = new_id("a2m");
@@ -613,16 +648,18 @@ impl A2a {
         } else {
             format!("sent {}", out.mode)
         };
-        self.note(
-            &out.from.session_id,
-            "system",
-            &format!(
-                "[a2a {verb} to {} id={id} corr={corr}]\n{}",
-                tail(out.to),
-                out.text
-            ),
-        )
-        .await;
+        let from_message = self
+            .note(
+                &out.from.session_id,
+                "system",
+                &format!(
+                    "[a2a {verb} to {} from {} id={id} corr={corr}]\n{}",
+                    tail(out.to),
+                    tail(out.from),
+                    out.text
+                ),
+            )
+            .await;
         let hint = match out.mode {
             "wake" => "your final answer goes back to the sender as the reply",
             "spawn" => "you are a sub-agent: your final answer goes back to the parent",
@@ -631,12 +668,13 @@ impl A2a {
             _ => "for your information; no reply expected",
         };
         let content = format!(
-            "[a2a {} from {} id={id} corr={corr} depth={depth}] ({hint})\n{}",
+            "[a2a {} from {} to {} id={id} corr={corr} depth={depth}] ({hint})\n{}",
             out.mode,
             tail(out.from),
+            tail(out.to),
             out.text
         );
-        let mut dispatch_id = None;
+        let (mut dispatch_id, mut to_message) = (None, None);
         let delivered = if dispatching {
             self.call(
                 "session.dispatch",
@@ -657,7 +695,7 @@ impl A2a {
                 }),
             )
             .await
-            .map(|_| ())
+            .map(|a| to_message = a["messageId"].as_str().map(str::to_owned))
         };
         if let Err(error) = delivered {
             sqlx::query("UPDATE messages SET state = 'failed', error = ? WHERE id = ?")
@@ -669,17 +707,21 @@ impl A2a {
             self.answered.send_modify(|n| *n += 1);
             return Err(error);
         }
-        if let Some(dispatch) = &dispatch_id {
-            sqlx::query("UPDATE messages SET dispatch_id = ? WHERE id = ?")
-                .bind(dispatch)
-                .bind(&id)
-                .execute(&self.pool)
-                .await
-                .map_err(db_error)?;
-            if answers {
-                // It may have ended before the row named its dispatch.
-                self.check_dispatch(dispatch).await;
-            }
+        sqlx::query(
+            "UPDATE messages SET dispatch_id = ?, from_message_id = ?, to_message_id = ? WHERE id = ?",
+        )
+        .bind(dispatch_id.as_deref())
+        .bind(from_message.as_deref())
+        .bind(to_message.as_deref())
+        .bind(&id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        if let Some(dispatch) = &dispatch_id
+            && answers
+        {
+            // It may have ended before the row named its dispatch.
+            self.check_dispatch(dispatch).await;
         }
         self.publish(
             "message",
@@ -699,16 +741,21 @@ impl A2a {
         }))
     }
 
-    /// Appends a note to a session, logging (not failing) when it cannot.
-    async fn note(&self, session_id: &str, role: &str, text: &str) {
-        if let Err(error) = self
+    /// Appends a note to a session and returns its history message id, logging (not
+    /// failing) when it cannot.
+    async fn note(&self, session_id: &str, role: &str, text: &str) -> Option<String> {
+        match self
             .call(
                 "session.append",
                 json!({"sessionId": session_id, "message": {"role": role, "parts": [{"type": "text", "text": text}]}}),
             )
             .await
         {
-            tracing::warn!(session_id, message = %error.message, "cannot write the a2a note");
+            Ok(appended) => appended["messageId"].as_str().map(str::to_owned),
+            Err(error) => {
+                tracing::warn!(session_id, message = %error.message, "cannot write the a2a note");
+                None
+            }
         }
     }
 
@@ -1139,35 +1186,41 @@ impl A2a {
         if matches!(status, "queued" | "running") {
             return;
         }
-        let (answer, error) = if status == "done" {
+        let (answer, error, answer_message) = if status == "done" {
             let to_session: String = row.get("to_session");
-            let text = match dispatch["finalMessageSeq"].as_u64() {
+            let (text, message_id) = match dispatch["finalMessageSeq"].as_u64() {
                 Some(seq) => self
                     .call(
                         "session.history.get",
                         json!({"sessionId": to_session, "seq": seq}),
                     )
                     .await
-                    .map(|m| message_text(&m))
+                    .map(|m| (message_text(&m), m["id"].as_str().map(str::to_owned)))
                     .unwrap_or_default(),
-                None => String::new(),
+                None => (String::new(), None),
             };
-            (Some(text), None)
+            (Some(text), None, message_id)
         } else {
             let why = dispatch["error"]["message"]
                 .as_str()
                 .unwrap_or("no reason given");
-            (None, Some(format!("the dispatch ended {status}: {why}")))
+            (
+                None,
+                Some(format!("the dispatch ended {status}: {why}")),
+                None,
+            )
         };
-        self.finish(&row, answer, error).await;
+        self.finish(&row, answer, error, answer_message).await;
     }
 
-    /// Records the answer once and carries it back to the sender.
+    /// Records the answer once and carries it back to the sender. `answer_message` is
+    /// the history message id of the final answer in the target's session.
     async fn finish(
         &self,
         row: &sqlx::sqlite::SqliteRow,
         answer: Option<String>,
         error: Option<String>,
+        answer_message: Option<String>,
     ) {
         let id: String = row.get("id");
         let updated = sqlx::query(
@@ -1215,7 +1268,7 @@ impl A2a {
         // A reply nobody waits for wakes the sender, if the chain may go on.
         let depth: i64 = row.get("depth");
         let wake = mode == "wake" && !waiting && depth < self.config.max_chain_depth;
-        let mut reply_dispatch = None;
+        let (mut reply_dispatch, mut noted) = (None, None);
         if wake {
             match self
                 .call(
@@ -1227,16 +1280,16 @@ impl A2a {
                 Ok(d) => reply_dispatch = d["dispatchId"].as_str().map(str::to_owned),
                 Err(e) => {
                     tracing::warn!(id, message = %e.message, "cannot wake the sender; appending");
-                    self.note(&from_session, "user", &content).await;
+                    noted = self.note(&from_session, "user", &content).await;
                 }
             }
         } else {
-            self.note(&from_session, "user", &content).await;
+            noted = self.note(&from_session, "user", &content).await;
         }
         // The reply is a message too: its dispatch carries the chain on.
         let recorded = sqlx::query(
-            "INSERT INTO messages (id, corr, mode, from_agent, from_session, to_agent, to_session, text, depth, dispatch_id, state, reply_to, created_at)
-             VALUES (?, ?, 'reply', ?, ?, ?, ?, ?, ?, ?, 'delivered', ?, ?)",
+            "INSERT INTO messages (id, corr, mode, from_agent, from_session, to_agent, to_session, text, depth, dispatch_id, state, reply_to, created_at, from_message_id, to_message_id)
+             VALUES (?, ?, 'reply', ?, ?, ?, ?, ?, ?, ?, 'delivered', ?, ?, ?, ?)",
         )
         .bind(new_id("a2m"))
         .bind(&corr)
@@ -1249,6 +1302,8 @@ impl A2a {
         .bind(reply_dispatch.as_deref())
         .bind(&id)
         .bind(Timestamp::now().to_string())
+        .bind(answer_message.as_deref())
+        .bind(noted.as_deref())
         .execute(&self.pool)
         .await;
         if let Err(error) = recorded {

@@ -7,7 +7,8 @@
 //! Operations: `aos-memory.save`, `.search`, `.list`, `.forget`. On
 //! `session.system.transform` the few facts most relevant to the user's message are
 //! offered to the model, with their ids, under a character budget — nothing when
-//! nothing matches.
+//! nothing matches. Common English words are not searched for, so a message that
+//! shares only them with a fact does not match it.
 //!
 //! A store that fails its integrity check, or that is missing while the data directory
 //! says one was created, stops the service with the reason; it is never silently
@@ -139,7 +140,7 @@ async fn serve() -> Result<(), String> {
         .on_op(
             "search",
             OpKindWire::Query,
-            "Facts matching words, best first (BM25): params {query, limit? (1-50, default 5)}; returns {items: [{id, text, tags, scope, agentId, createdAt, rank}]}. Callers see their agent's private facts and all shared ones.",
+            "Facts matching any of the words (common English words ignored), best first (BM25): params {query, limit? (1-50, default 5)}; returns {items: [{id, text, tags, scope, agentId, createdAt, rank}]}. Callers see their agent's private facts and all shared ones.",
             move |params, caller| {
                 let m = search.clone();
                 async move { m.search(&params, &caller).await }
@@ -217,16 +218,48 @@ fn db_error(e: sqlx::Error) -> OpError {
     )
 }
 
+/// English words too common to say what a message is about: a query made only of
+/// them matches nothing, so "what is the plan" looks for "plan" alone and "hello
+/// there" for nothing.
+const STOPWORDS: &str = "\
+    about above after again against all also am an and any anything are as at be \
+    because been before being below between both but by can could did do does doing \
+    done down during each else ever every few for from further get give go got had \
+    has have having he hello her here hers herself hey hi him himself his how if in \
+    into is it its itself just know let like may me might more most much must my \
+    myself need no nor not now of off ok okay on once only or other our ours \
+    ourselves out over own please same shall she should so some something such tell \
+    than thank thanks that the their theirs them themselves then there these they \
+    thing things this those through to too under until up us very want was we were \
+    what when where which while who whom why will with would yes you your yours \
+    yourself yourselves";
+
+fn is_stopword(word: &str) -> bool {
+    STOPWORDS.split_whitespace().any(|w| w == word)
+}
+
 /// Words of `text` as an FTS5 query: each word quoted (so no query syntax leaks
-/// through), any of them matching.
+/// through), any of them matching. Words of one letter and stopwords are left out;
+/// `None` when nothing is left, so a message of common words matches no fact.
 fn fts_query(text: &str) -> Option<String> {
-    let words: Vec<String> = text
+    let mut words: Vec<String> = Vec::new();
+    for word in text
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| w.chars().count() >= 2)
-        .take(32)
-        .map(|w| format!("\"{}\"", w.to_lowercase()))
-        .collect();
-    (!words.is_empty()).then(|| words.join(" OR "))
+        .map(str::to_lowercase)
+        .filter(|w| !is_stopword(w))
+    {
+        if !words.contains(&word) && words.len() < 32 {
+            words.push(word);
+        }
+    }
+    (!words.is_empty()).then(|| {
+        words
+            .iter()
+            .map(|w| format!("\"{w}\""))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    })
 }
 
 fn row_json(row: &sqlx::sqlite::SqliteRow) -> Value {
@@ -446,8 +479,9 @@ impl Memory {
                 fact["id"].as_str().unwrap_or(""),
                 fact["text"].as_str().unwrap_or("")
             );
+            // A fact too long for what is left gives way to shorter, less relevant ones.
             if used + line.chars().count() > self.config.offer_chars {
-                break;
+                continue;
             }
             used += line.chars().count();
             block.push_str(&line);
@@ -474,5 +508,23 @@ mod tests {
             Some("\"staging\" OR \"db\" OR \"near\"")
         );
         assert_eq!(fts_query("a ! ?"), None);
+    }
+
+    #[test]
+    fn common_words_are_not_searched_for() {
+        assert_eq!(
+            fts_query("What is the plan for the plan?").as_deref(),
+            Some("\"plan\"")
+        );
+        assert_eq!(fts_query("hello there, how are you?"), None);
+    }
+
+    #[test]
+    fn stopwords_are_lowercase_words() {
+        assert!(
+            STOPWORDS
+                .split_whitespace()
+                .all(|w| w.len() >= 2 && w.chars().all(|c| c.is_ascii_lowercase()))
+        );
     }
 }
