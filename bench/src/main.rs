@@ -10,9 +10,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod a2a;
 mod context;
 mod dispatch;
+mod mcp;
 mod memory;
 mod report;
 mod scenarios;
+mod sched;
 mod services;
 
 use std::path::PathBuf;
@@ -150,6 +152,14 @@ fn main() -> Result<()> {
     if wanted("priorities") {
         eprintln!("== priorities");
         sections.push(runtime.block_on(dispatch::priorities(&plan))?);
+    }
+    if wanted("mcp") {
+        eprintln!("== mcp");
+        sections.push(runtime.block_on(mcp::call_overhead(&plan))?);
+    }
+    if wanted("sched") {
+        eprintln!("== sched");
+        sections.push(runtime.block_on(sched::overhead(&plan))?);
     }
     let report = report::Report::new(args.quick, &plan, sections);
     let (md, json) = report.write(&args.out)?;

@@ -298,6 +298,53 @@ async fn discovery_hooks_shape_the_refreshed_catalog_but_not_the_listed_one() {
 }
 
 #[tokio::test]
+async fn a_catalog_preview_runs_the_selection_but_no_admission_hook() {
+    let f = Fixture::start().await;
+    let admitted = f.register(
+        "skill.discovery.before",
+        "wall",
+        |_, _, _| json!({"action": "reject", "reason": "no discovery today"}),
+    );
+    let selected = f.register("skill.discovery.resolve", "picker", |_, input, _| {
+        assert_eq!(input["query"], "the");
+        json!({"output": {"selected": ["aos"]}})
+    });
+    let (agent, session) = f.agent_and_session().await;
+    let before = f.kernel.events.last_id();
+    for params in [
+        json!({"query": "the"}),
+        json!({"query": "the", "agentId": agent}),
+        json!({"query": "the", "sessionId": session}),
+    ] {
+        let preview = f.ok("skill.catalog.preview", params).await;
+        assert_eq!(
+            preview,
+            json!([{"name": "aos", "description": "the aos skill"}])
+        );
+    }
+    assert!(
+        admitted.lock().unwrap().is_empty(),
+        "a query runs no admission hook"
+    );
+    assert_eq!(selected.lock().unwrap().len(), 3);
+    let announced: Vec<_> = f
+        .kernel
+        .events
+        .subscribe(Some(before))
+        .replay
+        .iter()
+        .map(|e| e.event.name.clone())
+        .collect();
+    assert!(
+        !announced.iter().any(|n| n == "skill.discovery.after"),
+        "a preview announces nothing: {announced:?}"
+    );
+    let refresh = f.call("skill.catalog.refresh", json!({})).await;
+    assert_eq!(refresh.error.unwrap().code, ErrorCode::HookRejected);
+    assert_eq!(admitted.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn an_index_refresh_can_be_refused_by_a_system_hook() {
     let f = Fixture::start().await;
     f.register("skill.index.refresh.before", "freeze", |_, input, _| {

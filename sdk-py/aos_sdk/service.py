@@ -340,6 +340,14 @@ class ServiceContext:
         return envelope.get("data")
 
 
+# The catalogued hooks whose names start with `skill.` like the custom events
+# `skill.<skill>.<event>` do.
+_SKILL_HOOKS = frozenset({
+    "skill.index.refresh.before", "skill.discovery.before", "skill.default.resolve.before",
+    "skill.load.before", "skill.start.before", "skill.stop.before", "skill.discovery.resolve",
+})
+
+
 class Service:
     """A service definition; :meth:`run` serves it."""
 
@@ -353,7 +361,8 @@ class Service:
         handlers = self.factory(ctx) or {}
         hooks, events = {}, []
         for name, handler in handlers.items():
-            if "*" in name or name.startswith("skill."):
+            is_hook = isinstance(handler, Hook) or name in _SKILL_HOOKS
+            if not is_hook and ("*" in name or name.startswith("skill.")):
                 events.append((name, handler))
             else:
                 hooks[name] = handler if isinstance(handler, Hook) else Hook(handler)

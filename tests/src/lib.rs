@@ -351,6 +351,12 @@ impl SpawnedKernel {
     }
 
     pub fn start_with_args(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(dir, extra, &[])
+    }
+
+    /// `aos up` with extra arguments and environment variables (the test's own
+    /// `AOS_*` variables are cleared first, so only these reach the daemon).
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let home = dir.join(".aos");
         let _ = std::fs::remove_file(home.join("api.url"));
         let log = std::fs::OpenOptions::new()
@@ -361,6 +367,7 @@ impl SpawnedKernel {
         let child = aos_command(dir)
             .args(["up", "--port", "0"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

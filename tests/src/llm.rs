@@ -2,7 +2,7 @@
 //! for tests and benchmarks. It streams Server-Sent Events like the real thing (or
 //! answers whole JSON when `stream` is false), produces tool calls natively or as
 //! JSON-mode steps (when the request carries `response_format`), and can be told to be
-//! slow, fail with 429/500 (with `Retry-After`), or never answer. It counts requests
+//! slow, fail with 429/500 (with `Retry-After`), enforce a rate limit, or never answer. It counts requests
 //! and the most it had in flight at once.
 //!
 //! Replies come from a queue of [`Step`]s, then from a rule (a function of the request
@@ -38,6 +38,10 @@ pub enum Reply {
     },
     /// Accept the request and never answer.
     Hang,
+    /// Start a streamed answer (`200`, the role chunk, then `text` if any) and then
+    /// fall silent without closing the stream: a reply that stalls mid-stream. Asked
+    /// without `stream`, it never answers.
+    Stall { text: String },
 }
 
 impl Reply {
@@ -77,7 +81,14 @@ struct Shared {
     /// Added to every reply.
     latency: Mutex<Duration>,
     requests: Mutex<Vec<Value>>,
+    /// The `Authorization` header of each request, in order.
+    authorizations: Mutex<Vec<Option<String>>>,
     keep_requests: std::sync::atomic::AtomicBool,
+    /// At most this many requests in any window; the rest get `429`.
+    rate_limit: Mutex<Option<(usize, Duration)>>,
+    /// Arrival times of the requests admitted under the rate limit.
+    arrivals: Mutex<VecDeque<std::time::Instant>>,
+    rejected: AtomicUsize,
     count: AtomicUsize,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
@@ -136,7 +147,11 @@ impl ScriptedLlm {
             rule: Mutex::new(Arc::new(|_: &Value| Reply::text("ok").into())),
             latency: Mutex::new(Duration::ZERO),
             requests: Mutex::new(Vec::new()),
+            authorizations: Mutex::new(Vec::new()),
             keep_requests: std::sync::atomic::AtomicBool::new(true),
+            rate_limit: Mutex::new(None),
+            arrivals: Mutex::new(VecDeque::new()),
+            rejected: AtomicUsize::new(0),
             count: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
@@ -240,6 +255,30 @@ impl ScriptedLlm {
             .clone()
     }
 
+    /// The `Authorization` header each request carried, in order.
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.shared
+            .authorizations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Answers `429` (with `Retry-After`) to any request beyond `requests` in a
+    /// sliding `window`, like a provider's rate limit.
+    pub fn set_rate_limit(&self, requests: usize, window: Duration) {
+        *self
+            .shared
+            .rate_limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((requests, window));
+    }
+
+    /// Requests refused by the rate limit so far.
+    pub fn rejected(&self) -> usize {
+        self.shared.rejected.load(Ordering::SeqCst)
+    }
+
     pub fn count(&self) -> usize {
         self.shared.count.load(Ordering::SeqCst)
     }
@@ -272,7 +311,11 @@ impl Drop for InFlight {
     }
 }
 
-async fn complete(State(shared): State<Arc<Shared>>, body: String) -> Response {
+async fn complete(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> Response {
     let Ok(request) = serde_json::from_str::<Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "the body is not JSON").into_response();
     };
@@ -280,7 +323,45 @@ async fn complete(State(shared): State<Arc<Shared>>, body: String) -> Response {
     shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let guard = InFlight(shared.clone());
     shared.count.fetch_add(1, Ordering::SeqCst);
+    let limit = *shared.rate_limit.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((requests, window)) = limit {
+        let now = std::time::Instant::now();
+        let mut arrivals = shared.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+        while arrivals
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            arrivals.pop_front();
+        }
+        if arrivals.len() >= requests {
+            drop(arrivals);
+            shared.rejected.fetch_add(1, Ordering::SeqCst);
+            drop(guard);
+            let mut response = (
+                StatusCode::TOO_MANY_REQUESTS,
+                axum::Json(
+                    json!({"error": {"message": "rate limit exceeded", "type": "rate_limit"}}),
+                ),
+            )
+                .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+        arrivals.push_back(now);
+    }
     if shared.keep_requests.load(Ordering::SeqCst) {
+        shared
+            .authorizations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(
+                headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            );
         shared
             .requests
             .lock()
@@ -314,6 +395,32 @@ async fn complete(State(shared): State<Arc<Shared>>, body: String) -> Response {
         Reply::Hang => {
             std::future::pending::<()>().await;
             unreachable!("pending never resolves")
+        }
+        Reply::Stall { text } => {
+            if !stream {
+                std::future::pending::<()>().await;
+                unreachable!("pending never resolves")
+            }
+            let mut frames = vec![format!(
+                "data: {}\n\n",
+                json!({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+            )];
+            if !text.is_empty() {
+                frames.push(format!(
+                    "data: {}\n\n",
+                    json!({"choices": [{"index": 0, "delta": {"content": text}}]})
+                ));
+            }
+            let body = futures::stream::iter(frames)
+                .chain(futures::stream::pending())
+                .map(move |frame| {
+                    let _keep = &guard;
+                    Ok::<_, std::convert::Infallible>(frame)
+                });
+            return Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .body(Body::from_stream(body))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
         }
         Reply::Error {
             status,

@@ -642,3 +642,399 @@ async fn a_guard_service_refuses_a_command_and_the_model_sees_why() {
             .contains("deleting the root directory")
     );
 }
+
+/// Dispatches with extra parameters (`deadlineMs`, …) and follows it to `done`.
+async fn dispatch_with(
+    kernel: &TestKernel,
+    session: &str,
+    content: &str,
+    extra: Value,
+) -> Vec<StreamEvent> {
+    let mut params = json!({"sessionId": session, "message": {"role": "user", "content": content}});
+    params
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let started = kernel.admin.ok("session.dispatch", params).await;
+    collect(&kernel.admin, started["dispatchId"].as_str().unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dispatch_deadline_stops_a_slow_model_and_a_slow_command() {
+    let llm = ScriptedLlm::start();
+    let kernel = TestKernel::start();
+    configure(&kernel, &llm, "native").await;
+    let (agent, session) = kernel.admin.agent_and_session().await;
+    // Out of range: under a second, or over the system's dispatchTimeoutMs.
+    for bad in [json!(999), json!(24 * 3600 * 1000)] {
+        kernel
+            .admin
+            .err(
+                "session.dispatch",
+                json!({"sessionId": session, "message": {"role": "user", "content": "x"}, "deadlineMs": bad}),
+                ErrorCode::InvalidParams,
+            )
+            .await;
+    }
+    // A first dispatch warms the context engine up (its first assembly is slow), so
+    // the deadline below falls inside the model call.
+    llm.push([Reply::text("warm")]);
+    run(&kernel.admin, &session, "warm up").await;
+    // A model that takes 20 s to answer, a deadline of 1 s.
+    llm.push([Step {
+        reply: Reply::text("too late"),
+        delay: Duration::from_secs(20),
+    }]);
+    let started = std::time::Instant::now();
+    let events = dispatch_with(
+        &kernel,
+        &session,
+        "think slowly",
+        json!({"deadlineMs": 1000}),
+    )
+    .await;
+    let took = started.elapsed();
+    let ended = done(&events);
+    assert_eq!(ended.status, DispatchStatus::Failed, "{events:?}");
+    let error = ended.error.clone().unwrap();
+    assert_eq!(error.code, ErrorCode::Timeout);
+    assert!(error.message.contains("deadline"), "{}", error.message);
+    assert!(ended.answer.is_none());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "stopped after {took:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, StreamEvent::Error { code, .. } if *code == ErrorCode::Timeout)),
+        "{events:?}"
+    );
+    let record = kernel
+        .admin
+        .ok("dispatch.get", json!({"dispatchId": ended.dispatch_id}))
+        .await;
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["error"]["code"], "timeout");
+    let deadline_at =
+        aos_sdk::protocol::Timestamp::parse(record["deadlineAt"].as_str().unwrap()).unwrap();
+    let started_at =
+        aos_sdk::protocol::Timestamp::parse(record["startedAt"].as_str().unwrap()).unwrap();
+    let window = deadline_at.as_millis() - started_at.as_millis();
+    assert!(
+        (900..=1100).contains(&window),
+        "deadlineAt - startedAt = {window} ms"
+    );
+    let items = history(&kernel.admin, &session).await;
+    let last = &items.last().unwrap()["parts"][0];
+    assert_eq!(last["type"], "error", "{last}");
+    assert!(
+        last["message"].as_str().unwrap().contains("deadline"),
+        "{last}"
+    );
+    let session_cb = kernel
+        .admin
+        .ok("session.get", json!({"sessionId": session}))
+        .await;
+    assert_eq!(session_cb["phase"], "idle");
+
+    // Without deadlineMs the same slow model answers.
+    llm.push([Step {
+        reply: Reply::text("slow but fine"),
+        delay: Duration::from_millis(1500),
+    }]);
+    let events = run(&kernel.admin, &session, "no hurry").await;
+    assert_eq!(done(&events).answer.as_deref(), Some("slow but fine"));
+
+    // The deadline bounds the whole dispatch: a command blocked in `sleep` too, and
+    // its process does not survive.
+    llm.push([Reply::bash("echo $$ > deadline.pid; sleep 60")]);
+    let started = std::time::Instant::now();
+    let events = dispatch_with(
+        &kernel,
+        &session,
+        "sleep a while",
+        json!({"deadlineMs": 1500}),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(done(&events).status, DispatchStatus::Failed, "{events:?}");
+    assert_eq!(
+        done(&events).error.as_ref().unwrap().code,
+        ErrorCode::Timeout
+    );
+    assert!(took < Duration::from_secs(6), "stopped after {took:?}");
+    let rec = kernel
+        .admin
+        .ok(
+            "dispatch.get",
+            json!({"dispatchId": done(&events).dispatch_id}),
+        )
+        .await;
+    eprintln!("EVENTS took {took:?} requests {} record {rec}", llm.count());
+    let pid: i32 = std::fs::read_to_string(
+        kernel
+            .home
+            .join("workspaces")
+            .join(&agent)
+            .join("deadline.pid"),
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the command's shell to die",
+        || async { (!alive(pid)).then_some(()) },
+    )
+    .await;
+}
+
+/// Sets the one provider `scripted` with extra settings (timeouts, retries).
+async fn provider(kernel: &TestKernel, base_url: &str, settings: Value) {
+    let mut provider = json!({"name": "scripted", "baseUrl": base_url, "toolMode": "native"});
+    provider
+        .as_object_mut()
+        .unwrap()
+        .extend(settings.as_object().unwrap().clone());
+    kernel
+        .admin
+        .ok(
+            "system.update",
+            json!({"providers": [provider], "defaultModel": "scripted/test-model"}),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_stream_hits_the_idle_timeout_and_is_retried_only_before_any_text() {
+    let llm = ScriptedLlm::start();
+    let kernel = TestKernel::start();
+    let (_, session) = kernel.admin.agent_and_session().await;
+    provider(
+        &kernel,
+        &llm.base_url,
+        json!({"idleTimeoutMs": 300, "requestTimeoutMs": 300, "maxRetries": 1}),
+    )
+    .await;
+
+    // Silent after the role chunk (nothing passed on yet): retried, and the retry
+    // answers.
+    llm.push([
+        Reply::Stall {
+            text: String::new(),
+        },
+        Reply::text("second try"),
+    ]);
+    let events = run(&kernel.admin, &session, "stall early").await;
+    assert_eq!(
+        done(&events).answer.as_deref(),
+        Some("second try"),
+        "{events:?}"
+    );
+    assert_eq!(llm.count(), 2);
+
+    // Silent after some text reached the stream: not retried (the text is out); the
+    // dispatch fails saying the stream stalled, on the stream and in history.
+    llm.push([Reply::Stall {
+        text: "Half an ans".into(),
+    }]);
+    let started = std::time::Instant::now();
+    let events = run(&kernel.admin, &session, "stall late").await;
+    let took = started.elapsed();
+    assert_eq!(llm.count(), 3, "a stall after text was retried");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, StreamEvent::Delta { text } if text.contains("Half an ans"))),
+        "{events:?}"
+    );
+    let done_event = done(&events);
+    assert_eq!(done_event.status, DispatchStatus::Failed);
+    let error = done_event.error.clone().unwrap();
+    assert_eq!(error.code, ErrorCode::ProviderUnavailable);
+    assert!(error.message.contains("stalled"), "{}", error.message);
+    assert!(
+        took < Duration::from_secs(5),
+        "the stall was noticed after {took:?}"
+    );
+    let items = history(&kernel.admin, &session).await;
+    let last = &items.last().unwrap()["parts"][0];
+    assert_eq!(last["type"], "error");
+    assert!(
+        last["message"].as_str().unwrap().contains("stalled"),
+        "{last}"
+    );
+
+    // No answer at all within requestTimeoutMs: retried once, then failed.
+    llm.push([Reply::Hang, Reply::Hang, Reply::text("never asked")]);
+    let events = run(&kernel.admin, &session, "hang").await;
+    assert_eq!(llm.count(), 5, "1 + maxRetries attempts");
+    let error = done(&events).error.clone().unwrap();
+    assert_eq!(error.code, ErrorCode::ProviderUnavailable);
+    assert!(
+        error.message.contains("no answer within"),
+        "{}",
+        error.message
+    );
+    // The session works again (the unused reply is still queued).
+    let events = run(&kernel.admin, &session, "and now").await;
+    assert_eq!(done(&events).answer.as_deref(), Some("never asked"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_errors_are_retried_with_backoff_then_reported() {
+    let kernel = TestKernel::start();
+    let (_, session) = kernel.admin.agent_and_session().await;
+    // A closed port: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let base = format!("http://127.0.0.1:{port}/v1");
+    provider(&kernel, &base, json!({"maxRetries": 0})).await;
+    let events = run(&kernel.admin, &session, "anyone?").await;
+    let no_retry = done(&events).clone();
+    assert_eq!(no_retry.status, DispatchStatus::Failed);
+    let error = no_retry.error.clone().unwrap();
+    assert_eq!(error.code, ErrorCode::ProviderUnavailable);
+    assert!(
+        error.message.contains("cannot reach provider `scripted`")
+            && error.message.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        error.message
+    );
+    let model_ms = |record: &Value| record["timing"]["modelUs"].as_u64().unwrap() / 1000;
+    let record = kernel
+        .admin
+        .ok("dispatch.get", json!({"dispatchId": no_retry.dispatch_id}))
+        .await;
+    let once = model_ms(&record);
+    assert!(once < 400, "one refused connection took {once} ms");
+
+    // Two retries: 0.5 s then 1 s of back-off, each ±25 %, so at least 1.125 s.
+    provider(&kernel, &base, json!({"maxRetries": 2})).await;
+    let events = run(&kernel.admin, &session, "anyone now?").await;
+    let retried = done(&events);
+    assert_eq!(retried.status, DispatchStatus::Failed);
+    let record = kernel
+        .admin
+        .ok("dispatch.get", json!({"dispatchId": retried.dispatch_id}))
+        .await;
+    let thrice = model_ms(&record);
+    assert!(
+        (1125..4000).contains(&thrice),
+        "three attempts with back-off took {thrice} ms"
+    );
+
+    // Connections that are accepted and dropped at once: exactly 1 + maxRetries
+    // attempts reach the port.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    provider(
+        &kernel,
+        &format!("http://127.0.0.1:{port}/v1"),
+        json!({"maxRetries": 2}),
+    )
+    .await;
+    let events = run(&kernel.admin, &session, "hello?").await;
+    assert_eq!(done(&events).status, DispatchStatus::Failed);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(kernel.admin.client.health().await.unwrap().status, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_of_a_session_is_the_sum_of_its_dispatches() {
+    let llm = ScriptedLlm::start();
+    let kernel = TestKernel::start();
+    configure(&kernel, &llm, "native").await;
+    kernel
+        .admin
+        .ok("system.update", json!({"maxTurns": 2}))
+        .await;
+    let (agent, session) = kernel.admin.agent_and_session().await;
+    let (_, other) = kernel.admin.agent_and_session().await;
+    let before = kernel
+        .admin
+        .ok("usage.get", json!({"sessionId": session}))
+        .await;
+    assert_eq!(before["scope"], "session");
+    assert_eq!(before["usage"]["dispatches"], 0);
+    // One turn; two turns with a bash call; a longer answer; a failed one that used
+    // its two turns (maxTurns); and one on another session that must not count.
+    llm.push([
+        Reply::text("short"),
+        Reply::bash("echo one"),
+        Reply::text("after the call"),
+        Reply::Text("a much longer answer ".repeat(50)),
+        Reply::bash("true"),
+        Reply::bash("true"),
+    ]);
+    let mut ids = Vec::new();
+    for task in ["a", "b", "c", "d"] {
+        let events = run(&kernel.admin, &session, task).await;
+        ids.push(done(&events).dispatch_id.clone());
+    }
+    llm.push([Reply::text("elsewhere")]);
+    run(&kernel.admin, &other, "e").await;
+
+    let mut sum = [0u64; 4];
+    for id in &ids {
+        let record = kernel
+            .admin
+            .ok("dispatch.get", json!({"dispatchId": id}))
+            .await;
+        let usage = &record["usage"];
+        for (i, field) in ["promptTokens", "completionTokens", "totalTokens", "turns"]
+            .iter()
+            .enumerate()
+        {
+            sum[i] += usage[field].as_u64().unwrap();
+        }
+    }
+    assert_eq!(sum[3], 6, "1 + 2 + 1 + 2 model calls");
+    assert!(sum[0] > 0 && sum[1] > 0);
+    assert_eq!(sum[2], sum[0] + sum[1]);
+    let expected = |dispatches: u64| json!({"promptTokens": sum[0], "completionTokens": sum[1], "totalTokens": sum[2], "turns": sum[3], "dispatches": dispatches});
+    let got = kernel
+        .admin
+        .ok("usage.get", json!({"sessionId": session}))
+        .await;
+    let fields = |usage: &Value| {
+        json!({
+            "promptTokens": usage["promptTokens"],
+            "completionTokens": usage["completionTokens"],
+            "totalTokens": usage["totalTokens"],
+            "turns": usage["turns"],
+            "dispatches": usage["dispatches"],
+        })
+    };
+    assert_eq!(fields(&got["usage"]), expected(4), "{got}");
+    // The agent has only this session, so its totals are the same.
+    let agent_usage = kernel
+        .admin
+        .ok("usage.get", json!({"agentId": agent}))
+        .await;
+    assert_eq!(fields(&agent_usage["usage"]), expected(4), "{agent_usage}");
+    // The prompt tokens are the ones the provider reported (the scripted server counts
+    // a quarter of each request body's bytes).
+    let reported: u64 = llm
+        .requests()
+        .iter()
+        .take(6)
+        .map(|body| (serde_json::to_string(body).unwrap().len() / 4) as u64)
+        .sum();
+    assert!(
+        sum[0].abs_diff(reported) <= 6 * 4,
+        "prompt tokens {} vs the server's {reported}",
+        sum[0]
+    );
+}

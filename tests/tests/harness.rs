@@ -704,3 +704,506 @@ async fn a_failed_summary_call_leaves_the_session_as_it_was() {
     assert_eq!(after.len(), before.len() + 4);
     assert_eq!(&after[..before.len()], &before[..]);
 }
+
+/// The content of the tool messages in the last request the server received.
+fn last_tool_contents(llm: &ScriptedLlm) -> Vec<String> {
+    tool_contents(llm.requests().last().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_skill_catalogue_shown_to_the_model_stays_within_catalog_chars() {
+    let setup = aos_tests::Setup::new();
+    let skills = setup.skills();
+    // 60 extra skills with long descriptions: far more than the budget holds.
+    for i in 0..60 {
+        aos_tests::write_skill(
+            &skills,
+            &format!("widget-tool-{i:02}"),
+            &format!(
+                "Widget tool number {i} {}",
+                "handles widgets of every size and colour with care. ".repeat(4)
+            ),
+            "# body\n",
+        );
+    }
+    let set_budget = |budget: usize| {
+        std::fs::write(
+            skills.join("aos-skill/config.json"),
+            json!({"writableDir": "local", "catalogChars": budget, "searchResults": 50})
+                .to_string(),
+        )
+        .unwrap();
+    };
+    set_budget(1_000_000);
+    let kernel = TestKernel::start_with(setup);
+    let llm = ScriptedLlm::start();
+    configure(&kernel, &llm, "native").await;
+    let (_, session) = kernel.admin.agent_and_session().await;
+    let usable = kernel
+        .admin
+        .ok("skill.list", json!({}))
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["error"].is_null())
+        .count();
+    assert!(usable >= 60, "{usable}");
+    // Unbounded first, to learn the lines; then a budget that ends just past the
+    // sixth line, so the seventh does not fit and the cut must say so.
+    llm.push([Reply::bash("skill list"), Reply::text("all")]);
+    run(&kernel.admin, &session, "list them all").await;
+    let full = last_tool_contents(&llm)[0].clone();
+    let lines: Vec<&str> = full.trim_end().lines().collect();
+    assert_eq!(lines.len(), usable, "{full}");
+    let budget = lines[..6]
+        .iter()
+        .map(|l| l.chars().count() + 1)
+        .sum::<usize>()
+        + 10;
+    set_budget(budget);
+    llm.push([
+        Reply::bash("skill list"),
+        Reply::bash("skill search widget tool"),
+        Reply::text("seen"),
+    ]);
+    let events = run(&kernel.admin, &session, "what skills are there?").await;
+    let results = tool_results(&events);
+    assert!(
+        results.iter().all(|r| r.exit_code == Some(0)),
+        "{results:?}"
+    );
+    let seen = last_tool_contents(&llm);
+    assert_eq!(seen.len(), 3, "the full list, then list and search");
+    let seen = &seen[1..];
+    for (what, text) in ["list", "search"].iter().zip(seen) {
+        let text = text.trim_end();
+        let chars = text.chars().count();
+        assert!(
+            chars <= budget,
+            "`skill {what}` showed the model {chars} characters, over catalogChars {budget}:\n{text}"
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        let (last, shown) = lines.split_last().unwrap();
+        assert!(
+            last.starts_with("… "),
+            "`skill {what}` does not say it was cut: {text}"
+        );
+        assert!(shown.len() >= 3, "{text}");
+        assert!(shown.iter().all(|l| l.contains(" — ")), "{text}");
+        if *what == "list" {
+            let more: usize = last
+                .trim_start_matches("… ")
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(shown.len() + more, usable, "{text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skill_edit_changes_an_agents_own_skill_and_refuses_bundled_ones() {
+    let kernel = TestKernel::start();
+    let llm = ScriptedLlm::start();
+    configure(&kernel, &llm, "native").await;
+    let (_, session) = kernel.admin.agent_and_session().await;
+    llm.push([
+        Reply::bash(
+            "skill create release-notes --description 'How to write release notes.' --body 'Version one of the notes.'",
+        ),
+        Reply::bash("skill edit release-notes --description 'How to write good release notes, with a template.'"),
+        Reply::bash(
+            "printf 'Version two: start with the template.\\n' > two.md && skill edit release-notes --body-file two.md",
+        ),
+        Reply::bash("skill show release-notes"),
+        Reply::bash("skill edit aos --body 'hijacked'"),
+        Reply::bash("skill edit no-such-skill --body x"),
+        Reply::text("edited"),
+    ]);
+    let events = run(&kernel.admin, &session, "keep the notes skill up to date").await;
+    let results = tool_results(&events);
+    assert_eq!(results.len(), 6, "{results:?}");
+    for r in &results[..4] {
+        assert_eq!(r.exit_code, Some(0), "{r:?}");
+    }
+    assert!(
+        results[1].preview.contains("updated release-notes"),
+        "{:?}",
+        results[1]
+    );
+    // An edit of the description alone keeps the body; one of the body alone keeps the
+    // (edited) description.
+    let detail = kernel
+        .admin
+        .ok("skill.get", json!({"name": "release-notes"}))
+        .await;
+    assert_eq!(
+        detail["manifest"]["description"],
+        "How to write good release notes, with a template."
+    );
+    assert_eq!(
+        detail["text"].as_str().unwrap().trim(),
+        "Version two: start with the template."
+    );
+    assert!(
+        results[3].preview.contains("Version two")
+            && results[3].preview.contains("good release notes"),
+        "{:?}",
+        results[3]
+    );
+    // Bundled skills are read-only, unknown ones are named: both bad usage, nothing changed.
+    assert_eq!(results[4].exit_code, Some(2), "{:?}", results[4]);
+    assert!(results[4].preview.contains("read-only"), "{:?}", results[4]);
+    assert_ne!(skill_text(&kernel, "aos").await.trim(), "hijacked");
+    assert_eq!(results[5].exit_code, Some(2), "{:?}", results[5]);
+    assert!(
+        results[5].preview.contains("no skill named"),
+        "{:?}",
+        results[5]
+    );
+    // Loaded into another session now, the edited text is what it gets.
+    let (_, other) = kernel.admin.agent_and_session().await;
+    kernel
+        .admin
+        .ok(
+            "skill.load",
+            json!({"sessionId": other, "name": "release-notes"}),
+        )
+        .await;
+    let h = history(&kernel.admin, &other).await;
+    let loaded = h
+        .iter()
+        .rev()
+        .find(|m| m["parts"][0]["type"] == "skill-load")
+        .unwrap();
+    assert_eq!(loaded["parts"][0]["name"], "release-notes");
+    assert!(
+        loaded["parts"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Version two"),
+        "{loaded}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_denying_an_ask_refuses_the_command_and_the_model_sees_why() {
+    let kernel = TestKernel::start();
+    let llm = ScriptedLlm::start();
+    configure(&kernel, &llm, "native").await;
+    let (agent, session) = kernel.admin.agent_and_session().await;
+    let workspace = kernel.home.join("workspaces").join(&agent);
+    kernel
+        .admin
+        .ok(
+            "session.update",
+            json!({"sessionId": session, "metadata": {"aos-guard": {"rules": [
+                {"name": "ask-deploy", "action": "ask", "pattern": "touch deployed", "timeoutMs": 30000}
+            ]}}}),
+        )
+        .await;
+    llm.push([
+        Reply::bash("touch deployed.txt"),
+        Reply::text("I will not deploy."),
+    ]);
+    let started = kernel
+        .admin
+        .client
+        .dispatch(&session, "deploy", false)
+        .await
+        .unwrap();
+    let pending = eventually(Duration::from_secs(10), "a pending ask", || {
+        let api = kernel.admin.clone();
+        async move {
+            let p = api.ok("aos-guard.pending", json!({})).await;
+            p["items"].as_array().unwrap().first().cloned()
+        }
+    })
+    .await;
+    assert_eq!(pending["command"], "touch deployed.txt");
+    let decided = kernel
+        .admin
+        .ok(
+            "aos-guard.decide",
+            json!({"id": pending["id"], "decision": "deny", "reason": "not on a Friday"}),
+        )
+        .await;
+    assert_eq!(decided["decision"], "deny");
+    let events = aos_tests::dispatching::collect(&kernel.admin, &started.dispatch_id).await;
+    assert_eq!(done(&events).answer.as_deref(), Some("I will not deploy."));
+    let refused = tool_results(&events).remove(0);
+    let why = refused.error_text.clone().unwrap_or_default();
+    assert!(
+        why.contains("ask-deploy (session)")
+            && why.contains("denied by")
+            && why.contains("not on a Friday"),
+        "{refused:?}"
+    );
+    assert!(!workspace.join("deployed.txt").exists(), "the command ran");
+    // What the model got back names the rule and the person's reason.
+    let seen = last_tool_contents(&llm);
+    assert!(
+        seen[0].contains("ask-deploy") && seen[0].contains("not on a Friday"),
+        "{seen:?}"
+    );
+    // Decided once: a second decision finds nothing waiting.
+    kernel
+        .admin
+        .err(
+            "aos-guard.decide",
+            json!({"id": pending["id"], "decision": "allow"}),
+            ErrorCode::NotFound,
+        )
+        .await;
+    let rows = kernel
+        .admin
+        .ok(
+            "log.list",
+            json!({"operation": "tool.admission", "sessionId": session}),
+        )
+        .await;
+    let row = rows.as_array().unwrap().last().unwrap();
+    assert_eq!(row["outcome"], "rejected");
+    assert!(
+        row["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not on a Friday"),
+        "{row}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_automatic_compaction_leaves_the_session_unchanged_and_the_turn_goes_on() {
+    let kernel = TestKernel::start();
+    let llm = ScriptedLlm::start();
+    configure(&kernel, &llm, "native").await;
+    kernel
+        .admin
+        .ok("system.update", json!({"compactionThreshold": 3000}))
+        .await;
+    let (_, session) = kernel.admin.agent_and_session().await;
+    let long_answer: String = (0..900).map(|i| format!("step{i} ")).collect();
+    let answer = long_answer.clone();
+    // Every summary call (no tools) fails, retries included; other calls answer long.
+    llm.rule(move |body| {
+        if body.get("tools").is_none() {
+            Reply::Error {
+                status: 500,
+                retry_after: Some(0.01),
+            }
+            .into()
+        } else {
+            Reply::text(&answer).into()
+        }
+    });
+    let summary_calls = |llm: &ScriptedLlm| {
+        llm.requests()
+            .iter()
+            .filter(|b| b.get("tools").is_none())
+            .count()
+    };
+    let mut dispatches = 0;
+    let mut before = history(&kernel.admin, &session).await;
+    loop {
+        dispatches += 1;
+        assert!(
+            dispatches <= 8,
+            "no compaction attempt after 8 long dispatches"
+        );
+        let sent = llm.count();
+        let events = run(&kernel.admin, &session, &format!("task {dispatches}")).await;
+        let done = done(&events);
+        if summary_calls(&llm) > 0 {
+            // The turn went on with the full context and answered.
+            assert_eq!(
+                done.status,
+                aos_sdk::protocol::DispatchStatus::Done,
+                "{events:?}"
+            );
+            assert_eq!(done.answer.as_deref(), Some(long_answer.trim()));
+            // 1 + maxRetries (3) summary attempts, then the model call.
+            assert_eq!(llm.count() - sent, 5, "summary attempts + the turn");
+            break;
+        }
+        before = history(&kernel.admin, &session).await;
+    }
+    let after = history(&kernel.admin, &session).await;
+    // History: what it was, plus the user message and the answer; no marker, no summary.
+    assert_eq!(after.len(), before.len() + 2);
+    assert_eq!(&after[..before.len()], &before[..]);
+    assert_eq!(
+        after[before.len()]["parts"][0]["text"],
+        format!("task {dispatches}")
+    );
+    assert_eq!(
+        after[before.len() + 1]["parts"][0]["text"],
+        long_answer.trim()
+    );
+    let types = part_types(&after);
+    assert!(
+        !types
+            .iter()
+            .any(|t| t == "compaction-marker" || t == "compaction-summary"),
+        "{types:?}"
+    );
+    // The model call after the failed summary got every earlier task.
+    let last = llm
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|b| b.get("tools").is_some())
+        .unwrap();
+    let context = context_of(&last);
+    for n in 1..=dispatches {
+        assert!(
+            context.iter().any(|m| m["content"] == format!("task {n}")),
+            "task {n} is missing from the context"
+        );
+    }
+    let s = kernel
+        .admin
+        .ok("session.get", json!({"sessionId": session}))
+        .await;
+    assert_eq!(s["phase"], "idle");
+    assert!(s["lease"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_context_engine_the_model_gets_the_documented_neutral_projection() {
+    let kernel = TestKernel::start();
+    let llm = ScriptedLlm::start();
+    configure(&kernel, &llm, "native").await;
+    let (agent, session) = kernel.admin.agent_and_session().await;
+    let services = kernel
+        .admin
+        .ok("service.list", json!({"skill": "aos-context"}))
+        .await;
+    kernel
+        .admin
+        .ok("skill.stop", json!({"serviceId": services[0]["serviceId"]}))
+        .await;
+    let append = |role: &str, parts: Value| {
+        let api = kernel.admin.clone();
+        let params = json!({"sessionId": session, "message": {"role": role, "parts": parts}});
+        async move { api.ok("session.append", params).await }
+    };
+    let stored = kernel
+        .admin
+        .ok(
+            "content.put",
+            json!({"sessionId": session, "content": "big\noutput\nhere\n"}),
+        )
+        .await["contentId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    append("user", json!([{"type": "text", "text": "please look"}])).await;
+    append(
+        "assistant",
+        json!([
+            {"type": "text", "text": "Looking."},
+            {"type": "bash", "toolCallId": "call_a", "state": "output-available", "command": "ls",
+             "output": {"visibleResult": "a.txt\n", "exitCode": 0}},
+            {"type": "bash", "toolCallId": "call_b", "state": "output-error", "command": "false",
+             "output": {"visibleResult": "", "exitCode": 1}, "errorText": "exit code 1"},
+            {"type": "bash", "toolCallId": "call_c", "state": "output-available", "command": "cat big",
+             "output": {"contentId": stored, "sizeChars": 16, "lineCount": 3, "preview": "big\n", "exitCode": 0}}
+        ]),
+    )
+    .await;
+    append(
+        "assistant",
+        json!([{"type": "error", "source": "provider", "message": "HTTP 500"}]),
+    )
+    .await;
+    kernel
+        .admin
+        .ok(
+            "session.interrupt",
+            json!({"sessionId": session, "reason": "stop there"}),
+        )
+        .await;
+    append(
+        "user",
+        json!([{"type": "compaction-marker", "auto": false, "fromSeq": 1, "toSeq": 8}]),
+    )
+    .await;
+    append(
+        "assistant",
+        json!([{"type": "compaction-summary", "text": "We looked at a.txt."}]),
+    )
+    .await;
+    kernel
+        .admin
+        .ok(
+            "skill.unload",
+            json!({"sessionId": session, "name": "aos-skill"}),
+        )
+        .await;
+    llm.push([Reply::text("neutral answer")]);
+    let events = run(&kernel.admin, &session, "what now?").await;
+    assert_eq!(done(&events).answer.as_deref(), Some("neutral answer"));
+
+    let body = &llm.requests()[0];
+    // The system prompt says where the agent is and nothing more.
+    let system = body["messages"][0]["content"].as_str().unwrap();
+    let workspace = kernel.home.join("workspaces").join(&agent);
+    for needle in [
+        "You are t,".to_owned(),
+        "`bash`".to_owned(),
+        workspace.display().to_string(),
+        session.clone(),
+        "the `aos` skill".to_owned(),
+    ] {
+        assert!(
+            system.contains(&needle),
+            "`{needle}` missing from: {system}"
+        );
+    }
+    // Tool calls carry their arguments as a JSON string; compare them parsed.
+    let mut context = context_of(body);
+    for message in &mut context {
+        let calls = message.get_mut("tool_calls").and_then(Value::as_array_mut);
+        for call in calls.into_iter().flatten() {
+            let arguments: Value =
+                serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+            call["function"]["arguments"] = arguments;
+        }
+    }
+    let call = |id: &str, command: &str| json!({"id": id, "type": "function", "function": {"name": "bash", "arguments": {"command": command}}});
+    let expected = vec![
+        json!({"role": "system", "content": format!("[[AOS-SKILL aos]]\n{}", skill_text(&kernel, "aos").await)}),
+        json!({"role": "user", "content": "please look"}),
+        json!({"role": "assistant", "content": "Looking.", "tool_calls": [
+            call("call_a", "ls"), call("call_b", "false"), call("call_c", "cat big")
+        ]}),
+        json!({"role": "tool", "tool_call_id": "call_a", "content": "a.txt\n"}),
+        json!({"role": "tool", "tool_call_id": "call_b", "content": "[exit code 1]"}),
+        json!({"role": "tool", "tool_call_id": "call_c", "content": format!(
+            "big\n\n[the full output (16 characters, 3 lines) is stored as {stored}: read it with `aos content read {stored}`]"
+        )}),
+        json!({"role": "system", "content": "[[AOS-ERROR provider]] HTTP 500"}),
+        json!({"role": "system", "content": "[[AOS-INTERRUPT stop there]]"}),
+        json!({"role": "system", "content": "[[AOS-SUMMARY]]\nWe looked at a.txt."}),
+        json!({"role": "user", "content": "what now?"}),
+    ];
+    assert_eq!(
+        context,
+        expected,
+        "the request:\n{}",
+        serde_json::to_string_pretty(&context).unwrap()
+    );
+    // `session.context.get` shows the same, from the kernel, with no engine.
+    let view = kernel
+        .admin
+        .ok("session.context.get", json!({"sessionId": session}))
+        .await;
+    assert_eq!(view["engine"], false);
+    let shown = view["messages"].as_array().unwrap();
+    assert_eq!(shown.len(), expected.len() + 1, "{view}");
+    assert_eq!(shown[expected.len()]["content"], "neutral answer");
+}

@@ -323,7 +323,7 @@ fn the_readme_tour_works() {
     let _kernel = SpawnedKernel::start(dir.path());
     let (code, status, _) = aos(dir.path(), &["status"]);
     assert_eq!(code, 0);
-    assert!(status.contains("skills: 10 indexed, 0 broken"), "{status}");
+    assert!(status.contains("skills: 12 indexed, 0 broken"), "{status}");
     let (_, agent, _) = aos(dir.path(), &["agent", "create", "--name", "researcher"]);
     let agent = agent.trim();
     assert!(agent.starts_with("agt_"), "{agent}");
@@ -378,7 +378,7 @@ fn the_readme_tour_works() {
         assert!(started.contains("state:      running"), "{started}");
     }
     let (_, services, _) = aos(dir.path(), &["service", "list"]);
-    assert_eq!(services.matches("running").count(), 8, "{services}");
+    assert_eq!(services.matches("running").count(), 9, "{services}");
     let (code, checked, _) = aos(
         dir.path(),
         &[
@@ -692,4 +692,268 @@ fn kill_9_mid_dispatch_then_restart_leaves_the_session_idle_and_usable() {
             other => panic!("{other:?}"),
         }
     });
+}
+
+/// A work directory whose `aoscb.json` loads only the `aos` manual and names the
+/// scripted server as the default provider (no other services start).
+fn scripted_workdir(llm: &aos_tests::llm::ScriptedLlm, max_retries: u32) -> tempfile::TempDir {
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("aoscb.json"),
+        serde_json::to_string(&json!({
+            "defaultSkills": [{"name": "aos", "load": "enable", "pinned": true}],
+            "providers": [{"name": "scripted", "baseUrl": llm.base_url, "maxRetries": max_retries}],
+            "defaultModel": "scripted/m",
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn aos_run_prints_the_final_answer_and_its_exit_code_follows_the_dispatch() {
+    use aos_tests::llm::{Reply, ScriptedLlm};
+    let llm = ScriptedLlm::start();
+    let dir = scripted_workdir(&llm, 0);
+    let rt = runtime();
+    let kernel = SpawnedKernel::start(dir.path());
+    let agent = rt.block_on(
+        kernel
+            .admin
+            .ok("agent.create", json!({"displayName": "runner"})),
+    )["agentId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // An agent id: a new session, the bash call shown on stderr, the answer alone on
+    // stdout.
+    llm.push([
+        Reply::bash("echo from-the-tool"),
+        Reply::text("The answer is 42."),
+    ]);
+    let (code, out, err) = aos(dir.path(), &["run", &agent, "what is the answer?"]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert_eq!(out, "The answer is 42.\n");
+    assert!(err.contains("$ echo from-the-tool"), "{err}");
+    assert!(err.contains("from-the-tool"), "{err}");
+    let sessions = rt.block_on(kernel.admin.ok("session.list", json!({"agentId": agent})));
+    let sessions = sessions["items"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let session = sessions[0]["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(sessions[0]["title"], "what is the answer?");
+    // The model saw the tool's output before answering.
+    let tool = llm.requests()[1]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "tool")
+        .cloned()
+        .unwrap();
+    assert_eq!(tool["content"], "from-the-tool\n");
+
+    // `--quiet`: nothing on stderr; a session id reuses that session.
+    llm.push([Reply::text("again")]);
+    let (code, out, err) = aos(dir.path(), &["run", &session, "once more", "--quiet"]);
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "again\n", ""));
+
+    // `--json`: the dispatch record's envelope, and only it, on stdout.
+    llm.push([Reply::text("as json")]);
+    let (code, out, err) = aos(dir.path(), &["run", &session, "as json please", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let envelope: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(envelope["ok"], true);
+    let record = &envelope["data"];
+    assert_eq!(record["status"], "done");
+    assert_eq!(record["sessionId"], json!(session));
+    assert_eq!(record["turns"], 1);
+    assert_eq!(record["model"], "scripted/m");
+    assert!(record["usage"]["completionTokens"].as_u64().unwrap() > 0);
+    let history = rt.block_on(kernel.admin.ok(
+        "session.history.list",
+        json!({"sessionId": session, "limit": 1000}),
+    ));
+    let last = history["items"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(record["finalMessageSeq"], last["seq"]);
+    assert_eq!(last["parts"][0]["text"], "as json");
+
+    // A dispatch that fails: exit code 1, the reason on stderr, no answer on stdout.
+    llm.push([Reply::Error {
+        status: 500,
+        retry_after: None,
+    }]);
+    let (code, out, err) = aos(dir.path(), &["run", &session, "fail please"]);
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert_eq!(out, "");
+    assert!(
+        err.contains("the dispatch ended failed") && err.contains("HTTP 500"),
+        "{err}"
+    );
+    // The same with --json: the failed record on stdout, still exit code 1.
+    llm.push([Reply::Error {
+        status: 500,
+        retry_after: None,
+    }]);
+    let (code, out, _) = aos(dir.path(), &["run", &session, "fail as json", "--json"]);
+    assert_eq!(code, 1);
+    let envelope: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(envelope["data"]["status"], "failed");
+    assert_eq!(envelope["data"]["error"]["code"], "provider.unavailable");
+
+    // Neither an agent nor a session: bad usage; an unknown session: the kernel refuses.
+    let (code, _, err) = aos(dir.path(), &["run", "nobody", "task"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = aos(dir.path(), &["run", "ses_missing", "task"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("ses_missing"), "{err}");
+}
+
+#[test]
+fn aos_chat_takes_each_line_of_stdin_as_a_dispatch_and_streams_the_answers() {
+    use aos_tests::llm::{Reply, ScriptedLlm};
+    use std::io::Write;
+    let llm = ScriptedLlm::start();
+    let dir = scripted_workdir(&llm, 0);
+    let rt = runtime();
+    let kernel = SpawnedKernel::start(dir.path());
+    let (_, session) = rt.block_on(kernel.admin.agent_and_session());
+    llm.push([
+        Reply::text("First answer."),
+        Reply::bash("echo chat-tool-output"),
+        Reply::text("Second answer."),
+    ]);
+    let mut child = aos_command(dir.path())
+        .args(["chat", &session])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Blank lines are skipped; `/exit` leaves before the last line is sent.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"first question\n\nsecond question\n/exit\nnever sent\n")
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "aos chat did not leave"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains(&session), "{stderr}");
+    // The answers streamed in order, with the tool call and its output between them.
+    let first = stdout.find("First answer.").expect(&stdout);
+    let call = stdout.find("$ echo chat-tool-output").expect(&stdout);
+    let result = stdout[call + 2..].find("chat-tool-output").expect(&stdout) + call + 2;
+    let second = stdout.find("Second answer.").expect(&stdout);
+    assert!(first < call && call < result && result < second, "{stdout}");
+    // Exactly two dispatches: the blank line and the line after `/exit` never went out.
+    assert_eq!(llm.count(), 3);
+    let history = rt.block_on(kernel.admin.ok(
+        "session.history.list",
+        json!({"sessionId": session, "limit": 1000}),
+    ));
+    let users: Vec<&str> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user" && m["origin"] != "aos")
+        .filter_map(|m| m["parts"][0]["text"].as_str())
+        .collect();
+    assert_eq!(users, ["first question", "second question"]);
+    let dispatches = rt.block_on(
+        kernel
+            .admin
+            .ok("dispatch.list", json!({"sessionId": session})),
+    );
+    let items = dispatches
+        .get("items")
+        .unwrap_or(&dispatches)
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert!(items.iter().all(|d| d["status"] == "done"), "{items:?}");
+}
+
+#[test]
+fn the_environment_provider_overrides_the_file_and_reaches_the_server_it_names() {
+    use aos_tests::llm::{Reply, ScriptedLlm};
+    let in_file = ScriptedLlm::start();
+    let in_env = ScriptedLlm::start();
+    let dir = scripted_workdir(&in_file, 0);
+    let rt = runtime();
+    let kernel = SpawnedKernel::start_with_env(
+        dir.path(),
+        &[],
+        &[
+            ("AOS_LLM_BASE_URL", &in_env.base_url),
+            ("AOS_LLM_MODEL", "env-model"),
+            ("AOS_LLM_API_KEY", "sk-test-secret"),
+            ("AOS_LLM_TOOL_MODE", "json"),
+        ],
+    );
+    let (_, session) = rt.block_on(kernel.admin.agent_and_session());
+    in_env.push([
+        Reply::bash("echo key=${AOS_LLM_API_KEY:-none} base=${AOS_LLM_BASE_URL:-none}"),
+        Reply::text("env works"),
+    ]);
+    rt.block_on(async {
+        let api = &kernel.admin;
+        let started = api
+            .client
+            .dispatch(&session, "who answers?", false)
+            .await
+            .unwrap();
+        let events: Vec<_> = futures::StreamExt::collect::<Vec<_>>(
+            api.client
+                .dispatch_events(&started.dispatch_id)
+                .await
+                .unwrap(),
+        )
+        .await;
+        match events.last() {
+            Some(Ok(aos_sdk::protocol::StreamEvent::Done(done))) => {
+                assert_eq!(done.answer.as_deref(), Some("env works"), "{events:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let record = api
+            .ok("dispatch.get", json!({"dispatchId": started.dispatch_id}))
+            .await;
+        assert_eq!(record["model"], "env/env-model");
+    });
+    assert_eq!(in_file.count(), 0, "the file's provider was used");
+    let requests = in_env.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0]["model"], "env-model");
+    // AOS_LLM_TOOL_MODE=json: the constrained answer, no native tools.
+    assert_eq!(requests[0]["response_format"]["type"], "json_schema");
+    assert!(requests[0].get("tools").is_none());
+    // The key goes to the provider as a bearer token, and never into bash.
+    assert_eq!(
+        in_env.authorizations(),
+        [
+            Some("Bearer sk-test-secret".to_owned()),
+            Some("Bearer sk-test-secret".to_owned())
+        ]
+    );
+    let output = requests[1]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .find(|c| c.starts_with("Output of `"))
+        .unwrap()
+        .to_owned();
+    assert!(output.contains("key=none base=none"), "{output}");
 }

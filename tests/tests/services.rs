@@ -905,3 +905,396 @@ async fn hostile_websocket_clients_leave_the_kernel_serving() {
     assert_eq!(kernel.admin.client.health().await.unwrap().status, "ok");
     kernel.admin.agent_and_session().await;
 }
+
+/// A service that answers `skill.start.before` and `skill.stop.before`, recording every
+/// call in `calls.jsonl` in its data directory. It rejects starts of skills named
+/// `blocked…`, and every stop while `deny-stops` exists in its data directory.
+const GATEKEEPER: &str = r#"
+import json, os
+from aos_sdk import define_service, reject
+
+DATA = os.environ["AOS_DATA_DIR"]
+
+@define_service
+def gatekeeper(ctx):
+    def record(kind, input):
+        with open(os.path.join(DATA, "calls.jsonl"), "a") as f:
+            f.write(json.dumps({"kind": kind, **input}) + "\n")
+    def start_before(input, output):
+        record("start", input)
+        if input["skill"].startswith("blocked"):
+            return reject("gatekeeper: blocked skills never start")
+        return None
+    def stop_before(input, output):
+        record("stop", input)
+        if os.path.exists(os.path.join(DATA, "deny-stops")):
+            return reject("gatekeeper: stops are frozen")
+        return None
+    return {"skill.start.before": start_before, "skill.stop.before": stop_before}
+
+if __name__ == "__main__":
+    gatekeeper.run()
+"#;
+
+/// A service that registers nothing and waits.
+const IDLE: &str = r#"
+from aos_sdk import define_service
+
+@define_service
+def idle(ctx):
+    return {}
+
+if __name__ == "__main__":
+    idle.run()
+"#;
+
+fn gatekeeper_calls(kernel: &TestKernel) -> Vec<Value> {
+    std::fs::read_to_string(kernel.home.join("data/gatekeeper/calls.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+async fn gatekeeper_saw(kernel: &TestKernel, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    eventually(Duration::from_secs(15), what, || async {
+        gatekeeper_calls(kernel).into_iter().find(|c| check(c))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_and_stop_admission_covers_reconcile_hot_reload_and_archive() {
+    let setup = Setup::new();
+    write_python_skill(&setup.skills(), "gatekeeper", GATEKEEPER);
+    write_python_skill(&setup.skills(), "blocked", IDLE);
+    write_python_skill(&setup.skills(), "keeper", IDLE);
+    let kernel = TestKernel::start_with(setup);
+    kernel
+        .admin
+        .ok("skill.start", json!({"name": "gatekeeper"}))
+        .await;
+    let deny_stops = kernel.home.join("data/gatekeeper/deny-stops");
+
+    // skill.start asks, and a rejection is the caller's error.
+    let error = kernel
+        .admin
+        .err(
+            "skill.start",
+            json!({"name": "blocked"}),
+            ErrorCode::HookRejected,
+        )
+        .await;
+    assert!(error.message.contains("never start"), "{}", error.message);
+
+    // Start reconcile (system defaults changed) asks too: nothing starts.
+    let system = kernel.admin.ok("system.get", json!({})).await;
+    let mut defaults = system["defaultSkills"].as_array().unwrap().clone();
+    defaults.push(json!({"name": "blocked", "start": "enable"}));
+    defaults.push(json!({"name": "blocked-late", "start": "enable"}));
+    kernel
+        .admin
+        .ok("system.update", json!({"defaultSkills": defaults}))
+        .await;
+    gatekeeper_saw(&kernel, "reconcile to ask about `blocked`", |c| {
+        c["kind"] == "start" && c["skill"] == "blocked" && c["cause"] == "default skills"
+    })
+    .await;
+    assert_eq!(services_of(&kernel, "blocked").await, Vec::<Value>::new());
+
+    // A skill appearing in the index (hot reload) is started through the same gate.
+    write_python_skill(&kernel.skills, "blocked-late", IDLE);
+    gatekeeper_saw(&kernel, "hot reload to ask about `blocked-late`", |c| {
+        c["kind"] == "start" && c["skill"] == "blocked-late" && c["ownerType"] == "system"
+    })
+    .await;
+    assert_eq!(
+        services_of(&kernel, "blocked-late").await,
+        Vec::<Value>::new()
+    );
+
+    // An agent-owned default service: started at agent.create (after asking).
+    let agent = kernel
+        .admin
+        .ok(
+            "agent.create",
+            json!({"defaultSkills": [{"name": "keeper", "start": "enable"}]}),
+        )
+        .await;
+    let agent_id = agent["agentId"].as_str().unwrap().to_owned();
+    let keeper = eventually(Duration::from_secs(15), "keeper to run", || async {
+        services_of(&kernel, "keeper")
+            .await
+            .into_iter()
+            .find(|s| s["state"] == "running")
+    })
+    .await;
+    assert_eq!(keeper["owner"]["ownerType"], "agent", "{keeper}");
+    assert_eq!(keeper["owner"]["ownerId"], agent_id.as_str(), "{keeper}");
+    let pid = keeper["pid"].as_u64().unwrap();
+    gatekeeper_saw(&kernel, "agent reconcile to ask about `keeper`", |c| {
+        c["kind"] == "start" && c["skill"] == "keeper" && c["ownerId"] == agent_id.as_str()
+    })
+    .await;
+
+    // Archiving asks before it commits: a rejected stop rejects the archive.
+    std::fs::write(&deny_stops, "").unwrap();
+    let error = kernel
+        .admin
+        .err(
+            "agent.archive",
+            json!({"agentId": agent_id}),
+            ErrorCode::HookRejected,
+        )
+        .await;
+    assert!(error.message.contains("frozen"), "{}", error.message);
+    let still = kernel
+        .admin
+        .ok("agent.get", json!({"agentId": agent_id}))
+        .await;
+    assert_eq!(still["status"], "active");
+    assert_eq!(running_pid(&kernel, "keeper").await, Some(pid));
+
+    // A skill removed from the index asks too; a rejected stop keeps the service.
+    kernel
+        .admin
+        .ok("skill.start", json!({"name": "keeper"}))
+        .await;
+    std::fs::remove_dir_all(kernel.skills.join("keeper")).unwrap();
+    gatekeeper_saw(&kernel, "removal to ask about `keeper`", |c| {
+        c["kind"] == "stop" && c["skill"] == "keeper" && c["reason"] == "skill removed"
+    })
+    .await;
+    let kept = services_of(&kernel, "keeper").await;
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(kept.iter().all(|s| s["state"] == "running"), "{kept:?}");
+
+    // Allowed again: the archive goes through and stops the agent's service.
+    std::fs::remove_file(&deny_stops).unwrap();
+    kernel
+        .admin
+        .ok("agent.archive", json!({"agentId": agent_id}))
+        .await;
+    gatekeeper_saw(&kernel, "the archive to ask about `keeper`", |c| {
+        c["kind"] == "stop" && c["reason"] == "owner archived" && c["ownerId"] == agent_id.as_str()
+    })
+    .await;
+    let agents_keeper = services_of(&kernel, "keeper")
+        .await
+        .into_iter()
+        .find(|s| s["owner"]["ownerId"] == agent_id.as_str())
+        .unwrap();
+    assert_eq!(agents_keeper["state"], "stopped", "{agents_keeper}");
+    eventually(
+        Duration::from_secs(5),
+        "the keeper process to exit",
+        || async { (!process_alive(pid)).then_some(()) },
+    )
+    .await;
+}
+
+/// Collects events from `stream` until `done` holds for what was collected.
+async fn collect_events(
+    stream: &mut (
+             impl futures::Stream<Item = Result<aos_sdk::protocol::Event, aos_sdk::ClientError>> + Unpin
+         ),
+    limit: Duration,
+    seen: &mut Vec<aos_sdk::protocol::Event>,
+    done: impl Fn(&[aos_sdk::protocol::Event]) -> bool,
+) {
+    use futures::StreamExt;
+    let deadline = Instant::now() + limit;
+    while !done(seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let names: Vec<_> = seen.iter().map(|e| e.name.as_str()).collect();
+        let event = tokio::time::timeout(left, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out; events so far: {names:?}"))
+            .expect("the stream is open")
+            .expect("a well-formed event");
+        seen.push(event);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_reload_and_a_crash_loop_are_announced_on_events() {
+    let setup = Setup::new();
+    let dir = write_python_skill(&setup.skills(), "announced", &rewriting_service("a:"));
+    write_python_skill(
+        &setup.skills(),
+        "crashy",
+        "import sys\nprint('crashy: down again', file=sys.stderr)\nsys.exit(4)\n",
+    );
+    let kernel = TestKernel::start_with(setup);
+    let filter = aos_sdk::client::EventFilter {
+        names: vec!["skill.index.refresh.after".into(), "service.*".into()],
+        ..Default::default()
+    };
+    let mut stream = Box::pin(kernel.admin.client.events(&filter).await.unwrap());
+    let mut seen = Vec::new();
+    let started = kernel
+        .admin
+        .ok("skill.start", json!({"name": "announced"}))
+        .await;
+    let service_id = started["serviceId"].as_str().unwrap().to_owned();
+    let first_pid = started["pid"].as_u64().unwrap();
+    let registered_by = |events: &[aos_sdk::protocol::Event], count: usize| {
+        events
+            .iter()
+            .filter(|e| {
+                e.name == "service.registered" && e.payload["serviceId"] == service_id.as_str()
+            })
+            .count()
+            >= count
+    };
+    collect_events(&mut stream, Duration::from_secs(10), &mut seen, |e| {
+        registered_by(e, 1)
+    })
+    .await;
+    let registered = seen
+        .iter()
+        .find(|e| e.name == "service.registered")
+        .unwrap();
+    assert_eq!(
+        registered.payload["hooks"],
+        json!(["session.message.beforeWrite"]),
+        "{:?}",
+        registered.payload
+    );
+
+    // An edit of SKILL.md alone re-indexes the skill and restarts its service.
+    std::fs::write(
+        dir.join("SKILL.md"),
+        "---\nname: announced\ndescription: edited description\nservice: ./service.py\n---\n# announced, edited\n",
+    )
+    .unwrap();
+    collect_events(&mut stream, Duration::from_secs(15), &mut seen, |e| {
+        e.iter().any(|e| {
+            e.name == "skill.index.refresh.after" && e.payload["changed"] == json!(["announced"])
+        }) && registered_by(e, 2)
+    })
+    .await;
+    let skill = kernel
+        .admin
+        .ok("skill.get", json!({"name": "announced"}))
+        .await;
+    assert_eq!(
+        skill["manifest"]["description"], "edited description",
+        "{skill}"
+    );
+    assert!(
+        skill["text"].as_str().unwrap().contains("edited"),
+        "{skill}"
+    );
+    let service = kernel
+        .admin
+        .ok("service.get", json!({"serviceId": service_id}))
+        .await;
+    assert_eq!(service["state"], "running", "{service}");
+    assert_ne!(service["pid"].as_u64().unwrap(), first_pid, "a new process");
+
+    // A crash loop: restarting with backoff, then failed.
+    kernel
+        .admin
+        .err(
+            "skill.start",
+            json!({"name": "crashy"}),
+            ErrorCode::ServiceFailed,
+        )
+        .await;
+    collect_events(&mut stream, Duration::from_secs(30), &mut seen, |e| {
+        e.iter()
+            .any(|e| e.name == "service.failed" && e.payload["skill"] == "crashy")
+    })
+    .await;
+    let crashy: Vec<_> = seen
+        .iter()
+        .filter(|e| e.payload["skill"] == "crashy")
+        .collect();
+    let restarting = crashy
+        .iter()
+        .filter(|e| e.name == "service.restarting")
+        .count();
+    assert_eq!(
+        restarting,
+        5,
+        "{:?}",
+        crashy.iter().map(|e| &e.name).collect::<Vec<_>>()
+    );
+    let failed = crashy.iter().find(|e| e.name == "service.failed").unwrap();
+    assert_eq!(failed.payload["crashes"], 6, "{:?}", failed.payload);
+    assert!(
+        failed.payload["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("down again")
+    );
+    assert!(crashy.iter().any(|e| e.name == "service.error"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_runs_in_its_skill_directory_with_its_owner_in_the_environment() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = Setup::new();
+    let dir = write_python_skill(
+        &setup.skills(),
+        "envy",
+        r#"
+import json, os, stat
+from aos_sdk import define_service
+
+socket_mode = stat.S_IMODE(os.stat(os.environ["AOS_SERVICE_SOCKET"]).st_mode)
+with open(os.path.join(os.environ["AOS_DATA_DIR"], "env.json"), "w") as f:
+    json.dump({
+        "cwd": os.getcwd(),
+        "skillDir": os.environ.get("AOS_SKILL_DIR"),
+        "skillName": os.environ.get("AOS_SKILL_NAME"),
+        "ownerType": os.environ.get("AOS_OWNER_TYPE"),
+        "ownerId": os.environ.get("AOS_OWNER_ID"),
+        "agentId": os.environ.get("AOS_AGENT_ID"),
+        "socketMode": socket_mode,
+        "apiToken": os.environ.get("AOS_API_TOKEN"),
+    }, f)
+
+@define_service
+def envy(ctx):
+    return {}
+
+if __name__ == "__main__":
+    envy.run()
+"#,
+    );
+    let kernel = TestKernel::start_with(setup);
+    let mode = std::fs::metadata(kernel.home.join("admin.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "admin.token is {mode:o}");
+
+    let (agent, _) = kernel.admin.agent_and_session().await;
+    kernel
+        .admin
+        .ok(
+            "skill.start",
+            json!({"name": "envy", "ownerType": "agent", "ownerId": agent}),
+        )
+        .await;
+    let env: Value = serde_json::from_str(
+        &std::fs::read_to_string(kernel.home.join("data/envy/env.json")).unwrap(),
+    )
+    .unwrap();
+    let canonical = |p: &Value| std::fs::canonicalize(p.as_str().unwrap()).unwrap();
+    let skill_dir = std::fs::canonicalize(&dir).unwrap();
+    assert_eq!(canonical(&env["cwd"]), skill_dir, "{env}");
+    assert_eq!(canonical(&env["skillDir"]), skill_dir, "{env}");
+    assert_eq!(env["skillName"], "envy");
+    assert_eq!(env["ownerType"], "agent");
+    assert_eq!(env["ownerId"], agent.as_str());
+    assert_eq!(env["agentId"], agent.as_str());
+    assert_eq!(env["socketMode"], 0o600, "{env}");
+    assert_eq!(
+        env["apiToken"],
+        Value::Null,
+        "the kernel's secrets stay out"
+    );
+}

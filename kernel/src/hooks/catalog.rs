@@ -101,7 +101,7 @@ hooks!(Admission, HookClass::Admission, {
     SessionCompactionBefore = "session.compaction.before", ALL_OWNERS,
         "before compaction", "agentId, sessionId, fromSeq, toSeq", "";
     ComputeBefore = "compute.before", ALL_OWNERS,
-        "before every model call", "agentId, sessionId, dispatchId, lastSeq, model", "";
+        "before every model call, before its compute gate; the output may set the gate `priority` and hold the call (`retryAfterMs`, then asked again)", "agentId, sessionId, dispatchId, lastSeq, model, provider, requestType, priority, deadline, turn, heldMs", "priority?, retryAfterMs?";
     ToolBefore = "tool.before", ALL_OWNERS,
         "before a bash command runs", "agentId, sessionId, dispatchId, toolCallId, args", "args";
 });
@@ -167,8 +167,10 @@ hooks!(EventName, HookClass::Event, {
         "a ReAct turn completed", "agentId, sessionId, dispatchId, turnIndex, toolCalls, appendedCount, finalAnswer", "";
     ComputeWaiting = "compute.waiting", ALL_OWNERS,
         "a model call waits for its provider's compute gate", "agentId, sessionId, dispatchId, provider, position, priority", "";
+    ComputeHeld = "compute.held", ALL_OWNERS,
+        "a `compute.before` handler holds a model call for a while (rate limits)", "agentId, sessionId, dispatchId, provider, retryAfterMs, heldMs, reason", "";
     ComputeAfter = "compute.after", ALL_OWNERS,
-        "a model call finished", "agentId, sessionId, dispatchId, model, usage, turn, toolCalls, retries", "";
+        "a model call finished", "agentId, sessionId, dispatchId, model, provider, requestType, usage, turn, toolCalls, retries", "";
     ServiceError = "service.error", ALL_OWNERS,
         "a service crashed, timed out or failed a hook", "serviceId?, skill, hook?, message, exitCode?", "";
     ServiceRegistered = "service.registered", ALL_OWNERS,

@@ -25,6 +25,21 @@ pub struct Provider {
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_retries: u32,
+    pub prices: std::collections::BTreeMap<String, aos_sdk::protocol::ModelPrice>,
+}
+
+impl Provider {
+    /// What a call of `model` with these tokens cost, by the provider's `prices`.
+    pub fn cost(&self, model: &str, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        self.prices
+            .get(model)
+            .or_else(|| self.prices.get("*"))
+            .map_or(0.0, |p| {
+                (prompt_tokens as f64 * p.input_per_m_tok
+                    + completion_tokens as f64 * p.output_per_m_tok)
+                    / 1e6
+            })
+    }
 }
 
 impl std::fmt::Debug for Provider {
@@ -83,6 +98,7 @@ fn from_config(config: &ProviderConfig) -> Provider {
             .idle_timeout_ms
             .map_or(DEFAULT_IDLE_TIMEOUT, Duration::from_millis),
         max_retries: config.max_retries.unwrap_or(DEFAULT_RETRIES),
+        prices: config.prices.clone(),
     }
 }
 
@@ -100,6 +116,7 @@ pub fn providers(system: &SystemCb, env: Option<&EnvProvider>) -> Vec<Provider> 
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_retries: DEFAULT_RETRIES,
+            prices: Default::default(),
         });
     }
     list
@@ -351,8 +368,8 @@ async fn attempt_once(
         .await
         .map_err(|_| {
             timeout(format!(
-                "no answer within {} s",
-                provider.request_timeout.as_secs()
+                "no answer within {} ms",
+                provider.request_timeout.as_millis()
             ))
         })?
         .map_err(|e| LlmError::Connect {
@@ -438,8 +455,8 @@ async fn read_stream(
             .map_err(|_| LlmError::Timeout {
                 provider: provider.name.clone(),
                 message: format!(
-                    "the streamed answer stalled for {} s",
-                    provider.idle_timeout.as_secs()
+                    "the streamed answer stalled for {} ms",
+                    provider.idle_timeout.as_millis()
                 ),
             })?;
         let Some(event) = next else { break };

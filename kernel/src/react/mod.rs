@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Caller;
-use crate::hooks::{EventName, HookScope, Transform};
+use crate::hooks::{Admission, EventName, HookScope, Transform};
 use crate::ids::new_id;
 use crate::kernel::Kernel;
 use crate::syscall::SyscallError;
@@ -322,7 +322,9 @@ impl Dispatcher {
         // A queued dispatch has its record already; one that runs at once does not.
         let queued = record.status == DispatchStatus::Queued;
         record.status = DispatchStatus::Running;
-        record.started_at = Some(Timestamp::now());
+        let now = Timestamp::now();
+        record.started_at = Some(now);
+        record.deadline_at = Some(now.plus_millis(work.deadline.as_millis() as i64));
         // The user message and the record are independent writes: they share one
         // group commit.
         let append = crate::syscall::append_message(
@@ -589,6 +591,7 @@ pub(crate) fn new_record(session: &SessionCb, priority: i32) -> Dispatch {
         priority,
         queued_at: Timestamp::now(),
         started_at: None,
+        deadline_at: None,
         ended_at: None,
         turns: 0,
         usage: Usage::default(),
@@ -720,6 +723,24 @@ pub(crate) async fn complete(
         "stream_options": {"include_usage": true},
     });
     let waiter = dispatch_id.map_or_else(|| new_id("cmp_"), str::to_owned);
+    let call = ModelCall {
+        agent_id,
+        session_id,
+        dispatch_id: &waiter,
+        provider: &provider.name,
+        model: &model_ref,
+        request_type: "compaction",
+        priority,
+        deadline_at: None,
+        last_seq: session.last_seq,
+        turn: 0,
+    };
+    let Some(priority) = admit_model_call(kernel, &call, cancel).await? else {
+        return Err(SyscallError::new(
+            ErrorCode::Timeout,
+            "the compaction was interrupted while its model call was held",
+        ));
+    };
     let permit = tokio::select! {
         permit = kernel.dispatcher.gate.acquire(&provider.name, provider.max_concurrent, priority, &waiter, |_| {}) => permit,
         () = cancel.cancelled() => return Err(SyscallError::new(ErrorCode::Timeout, "the compaction was interrupted while waiting for the model")),
@@ -740,9 +761,110 @@ pub(crate) async fn complete(
         prompt_tokens: reply.prompt_tokens,
         completion_tokens: reply.completion_tokens,
         total_tokens: reply.prompt_tokens + reply.completion_tokens,
-        cost_usd: 0.0,
+        cost_usd: provider.cost(model, reply.prompt_tokens, reply.completion_tokens),
         turns: 0,
         dispatches: 0,
     };
+    kernel.emit(
+        EventName::ComputeAfter,
+        Some(agent_id),
+        Some(session_id),
+        json!({"agentId": agent_id, "sessionId": session_id, "dispatchId": waiter, "model": model_ref, "provider": provider.name, "requestType": "compaction", "usage": usage, "turn": 0, "toolCalls": 0, "retries": reply.retries}),
+    );
     Ok((reply.text.trim().to_owned(), usage))
+}
+
+/// Longest a `compute.before` handler may hold a call in one answer.
+const MAX_HOLD: Duration = Duration::from_secs(60);
+
+/// One model call about to be admitted.
+pub(crate) struct ModelCall<'a> {
+    pub agent_id: &'a str,
+    pub session_id: &'a str,
+    /// The dispatch (or, for a compaction outside one, the call's own id).
+    pub dispatch_id: &'a str,
+    pub provider: &'a str,
+    pub model: &'a str,
+    /// `turn` or `compaction`.
+    pub request_type: &'a str,
+    /// The dispatch's priority: what the gate uses unless a handler says otherwise.
+    pub priority: i32,
+    pub deadline_at: Option<Timestamp>,
+    pub last_seq: u64,
+    pub turn: u32,
+}
+
+/// `compute.before`: handlers admit or refuse the call, may set the priority it waits
+/// at in the compute gate (`output.priority`), and may hold it (`output.retryAfterMs`:
+/// the kernel waits that long, announcing `compute.held`, and asks again). Returns the
+/// priority to wait at, or `None` when `cancel` fired while the call was held.
+pub(crate) async fn admit_model_call(
+    kernel: &Kernel,
+    call: &ModelCall<'_>,
+    cancel: &CancellationToken,
+) -> Result<Option<i32>, SyscallError> {
+    let scope = HookScope::session(call.agent_id, call.session_id);
+    let mut held_ms: u64 = 0;
+    loop {
+        let (output, reasons) = kernel
+            .hooks
+            .admit_audited(Admission::ComputeBefore, scope, || {
+                (
+                    json!({
+                        "agentId": call.agent_id,
+                        "sessionId": call.session_id,
+                        "dispatchId": call.dispatch_id,
+                        "lastSeq": call.last_seq,
+                        "model": call.model,
+                        "provider": call.provider,
+                        "requestType": call.request_type,
+                        "priority": call.priority,
+                        "deadline": call.deadline_at,
+                        "turn": call.turn,
+                        "heldMs": held_ms,
+                    }),
+                    json!({}),
+                )
+            })
+            .await?;
+        let output = output.unwrap_or(Value::Null);
+        let priority = output
+            .get("priority")
+            .and_then(Value::as_i64)
+            .map_or(call.priority, |p| {
+                p.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+            });
+        let Some(hold) = output
+            .get("retryAfterMs")
+            .and_then(Value::as_u64)
+            .filter(|ms| *ms > 0)
+            .map(|ms| Duration::from_millis(ms).min(MAX_HOLD))
+        else {
+            return Ok(Some(priority));
+        };
+        let reason = reasons
+            .iter()
+            .map(|r| format!("{}: {}", r.skill, r.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        tracing::debug!(dispatch_id = call.dispatch_id, hold_ms = hold.as_millis() as u64, %reason, "compute.before holds the model call");
+        kernel.emit(
+            EventName::ComputeHeld,
+            Some(call.agent_id),
+            Some(call.session_id),
+            json!({
+                "agentId": call.agent_id,
+                "sessionId": call.session_id,
+                "dispatchId": call.dispatch_id,
+                "provider": call.provider,
+                "retryAfterMs": hold.as_millis() as u64,
+                "heldMs": held_ms,
+                "reason": reason,
+            }),
+        );
+        tokio::select! {
+            () = tokio::time::sleep(hold) => held_ms += hold.as_millis() as u64,
+            () = cancel.cancelled() => return Ok(None),
+        }
+    }
 }

@@ -507,17 +507,22 @@ async fn execute_with(
             .await
             .and_then(|out| out.get("params").cloned().filter(Value::is_object))
             .unwrap_or(body);
-        let last_seq = run.record.final_message_seq.unwrap_or(0);
-        kernel
-            .hooks
-            .admit(Admission::ComputeBefore, place.scope(), || {
-                (
-                    json!({"agentId": agent_id, "sessionId": session_id, "dispatchId": place.dispatch_id, "lastSeq": last_seq, "model": model_ref, "turn": run.record.turns + 1}),
-                    json!({}),
-                )
-            })
-            .await?;
-        let priority = run.record.priority;
+        let call = super::ModelCall {
+            agent_id,
+            session_id,
+            dispatch_id: &place.dispatch_id,
+            provider: &provider.name,
+            model: &model_ref,
+            request_type: "turn",
+            priority: run.record.priority,
+            deadline_at: run.record.deadline_at,
+            last_seq: run.record.final_message_seq.unwrap_or(0),
+            turn: run.record.turns + 1,
+        };
+        let Some(priority) = super::admit_model_call(kernel, &call, run.stopper.token()).await?
+        else {
+            continue;
+        };
         let permit = tokio::select! {
             permit = kernel.dispatcher.gate.acquire(&provider.name, provider.max_concurrent, priority, &place.dispatch_id, |position| {
                 kernel.emit(
@@ -549,7 +554,7 @@ async fn execute_with(
             prompt_tokens: reply.prompt_tokens,
             completion_tokens: reply.completion_tokens,
             total_tokens: reply.prompt_tokens + reply.completion_tokens,
-            cost_usd: 0.0,
+            cost_usd: provider.cost(model, reply.prompt_tokens, reply.completion_tokens),
             turns: 1,
             dispatches: 0,
         };
@@ -560,7 +565,7 @@ async fn execute_with(
             EventName::ComputeAfter,
             Some(agent_id),
             Some(session_id),
-            json!({"agentId": agent_id, "sessionId": session_id, "dispatchId": place.dispatch_id, "model": model_ref, "usage": turn_usage, "turn": run.record.turns, "toolCalls": reply.tool_calls.len(), "retries": reply.retries}),
+            json!({"agentId": agent_id, "sessionId": session_id, "dispatchId": place.dispatch_id, "model": model_ref, "provider": provider.name, "requestType": "turn", "usage": turn_usage, "turn": run.record.turns, "toolCalls": reply.tool_calls.len(), "retries": reply.retries}),
         );
         let text = reply.text.trim().to_owned();
         if reply.tool_calls.is_empty() {

@@ -7,13 +7,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aos_sdk::protocol::service::{
-    HelloParams, HelloResult, HookSubscription, OpKindWire, PROTOCOL_VERSION, RegisterParams,
-    RegisterResult, RpcError, RpcId, ServiceRequest, rpc_code,
+    HelloParams, HelloResult, HookCallRef, HookSubscription, OpKindWire, PROTOCOL_VERSION,
+    RegisterParams, RegisterResult, RpcError, RpcId, ServiceRequest, rpc_code,
 };
 use aos_sdk::protocol::{Event, OwnerType, Timestamp};
 use aos_sdk::rpc::{CallError, Incoming, NotifyError, Peer};
 use async_trait::async_trait;
-use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -213,14 +212,6 @@ struct ServiceHook {
     peer: Peer,
 }
 
-#[derive(Serialize)]
-struct HookCall<'a> {
-    name: &'a str,
-    class: &'static str,
-    input: &'a Value,
-    output: &'a Value,
-}
-
 #[async_trait]
 impl HookHandler for ServiceHook {
     async fn call(&self, hook: &str, input: &Value, output: &Value) -> Result<Value, String> {
@@ -229,9 +220,11 @@ impl HookHandler for ServiceHook {
         self.peer
             .request_with(
                 "hook",
-                &HookCall {
+                &HookCallRef {
                     name: hook,
-                    class: HookRef::lookup(hook).map_or("transform", |h| h.spec().class.as_str()),
+                    class: Some(
+                        HookRef::lookup(hook).map_or("transform", |h| h.spec().class.as_str()),
+                    ),
                     input,
                     output,
                 },

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::auth::{Caller, Owner};
 use crate::events::name_matches;
-use crate::hooks::EventName;
+use crate::hooks::{Admission, EventName, HookScope};
 use crate::ids::new_id;
 use crate::kernel::Kernel;
 use crate::syscall::SyscallError;
@@ -395,7 +395,8 @@ impl Services {
     }
 
     /// Starts `skill`'s service for `owner` (or returns the one already running) and
-    /// waits until it is up or its first attempt failed.
+    /// waits until it is up or its first attempt failed. A start (not a running
+    /// service returned) first passes `skill.start.before`.
     pub async fn start(
         &self,
         kernel: &Arc<Kernel>,
@@ -410,6 +411,19 @@ impl Services {
                 "services cannot be started now: the kernel is starting up or shutting down",
             ));
         }
+        if let Some(entry) = self.find(skill, &owner, ServiceTransport::Unix)
+            && matches!(
+                entry.state(),
+                ServiceState::Running | ServiceState::Restarting
+            )
+        {
+            // Nothing starts: no admission to ask.
+            if origin == StartOrigin::Explicit {
+                entry.set_origin(origin);
+            }
+            return Ok(entry);
+        }
+        admit_start(kernel, skill, &owner, cause).await?;
         let entry = loop {
             let Some(entry) = self.find(skill, &owner, ServiceTransport::Unix) else {
                 let entry = Arc::new(ServiceEntry::new(
@@ -545,8 +559,22 @@ impl Services {
         Ok((entry, rx))
     }
 
-    /// Stops one service and waits until it has stopped.
-    pub async fn stop(&self, entry: &Arc<ServiceEntry>, reason: &str) {
+    /// Stops one service after `skill.stop.before` admits it, and waits until it has
+    /// stopped.
+    pub async fn stop(
+        &self,
+        kernel: &Kernel,
+        entry: &Arc<ServiceEntry>,
+        reason: &str,
+    ) -> Result<(), SyscallError> {
+        admit_stop(kernel, entry, reason).await?;
+        self.stop_unasked(entry, reason).await;
+        Ok(())
+    }
+
+    /// Stops one service without asking `skill.stop.before` (the kernel is stopping,
+    /// or the stop was admitted already) and waits until it has stopped.
+    async fn stop_unasked(&self, entry: &Arc<ServiceEntry>, reason: &str) {
         let (done_tx, done_rx) = oneshot::channel();
         let sent = entry.send(Control::Stop {
             reason: reason.to_owned(),
@@ -559,20 +587,39 @@ impl Services {
         }
     }
 
-    /// Stops every active service matching `select`, in parallel.
-    pub async fn stop_where(&self, reason: &str, select: impl Fn(&ServiceEntry) -> bool) {
-        let chosen: Vec<_> = self
-            .all()
+    /// Services that are running or could run again (failed ones wait for a start).
+    fn stoppable(&self, select: impl Fn(&ServiceEntry) -> bool) -> Vec<Arc<ServiceEntry>> {
+        self.all()
             .into_iter()
             .filter(|e| select(e) && (e.state().is_active() || e.state() == ServiceState::Failed))
-            .collect();
-        futures::future::join_all(chosen.iter().map(|e| self.stop(e, reason))).await;
+            .collect()
+    }
+
+    /// Stops every active service matching `select`, in parallel, without asking
+    /// `skill.stop.before`.
+    async fn stop_where_unasked(&self, reason: &str, select: impl Fn(&ServiceEntry) -> bool) {
+        let chosen = self.stoppable(select);
+        futures::future::join_all(chosen.iter().map(|e| self.stop_unasked(e, reason))).await;
+    }
+
+    /// Asks `skill.stop.before` about every service `owner` itself owns, before the
+    /// owner is archived: a rejection keeps the owner (and its services) as they are.
+    pub async fn admit_owner_stops(
+        &self,
+        kernel: &Kernel,
+        owner: &Owner,
+    ) -> Result<(), SyscallError> {
+        for entry in self.stoppable(|e| e.owner == *owner) {
+            admit_stop(kernel, &entry, "owner archived").await?;
+        }
+        Ok(())
     }
 
     /// Stops services of an archived owner: a session's, or an agent's and its
-    /// sessions'.
+    /// sessions'. Their stops were admitted before the archive
+    /// ([`Services::admit_owner_stops`]); services started since are stopped unasked.
     pub async fn stop_owned_by(&self, agent_id: &str, session_id: Option<&str>) {
-        self.stop_where("owner archived", |e| match session_id {
+        self.stop_where_unasked("owner archived", |e| match session_id {
             Some(session) => e.owner.session_id() == Some(session),
             None => e.owner.agent_id() == Some(agent_id),
         })
@@ -593,23 +640,34 @@ impl Services {
         }
     }
 
-    /// Stops and forgets every service of a skill that is gone from the index.
-    pub async fn remove_skill(&self, skill: &str) {
-        self.stop_where("skill removed", |e| {
-            e.skill == skill && e.transport == ServiceTransport::Unix
-        })
-        .await;
+    /// Stops (once `skill.stop.before` admits it) and forgets every service of a skill
+    /// that is gone from the index. A service whose stop is rejected keeps running on
+    /// the code it started with, listed until it stops.
+    pub async fn remove_skill(&self, kernel: &Kernel, skill: &str) {
+        let chosen = self.stoppable(|e| e.skill == skill && e.transport == ServiceTransport::Unix);
+        let results =
+            futures::future::join_all(chosen.iter().map(|e| self.stop(kernel, e, "skill removed")))
+                .await;
+        for (entry, result) in chosen.iter().zip(results) {
+            if let Err(error) = result {
+                tracing::warn!(service = %entry.id, skill, %error, "a removed skill's service keeps running");
+            }
+        }
         for entry in self.all() {
-            if entry.skill == skill && entry.transport == ServiceTransport::Unix {
+            if entry.skill == skill
+                && entry.transport == ServiceTransport::Unix
+                && entry.state() == ServiceState::Stopped
+            {
                 self.remove(&entry.id);
             }
         }
     }
 
-    /// Stops everything (kernel shutdown). No new starts are accepted afterwards.
+    /// Stops everything (kernel shutdown), unasked: a stopping kernel cannot keep a
+    /// service. No new starts are accepted afterwards.
     pub async fn shutdown_all(&self) {
         self.set_accepting(false);
-        self.stop_where("kernel stopping", |_| true).await;
+        self.stop_where_unasked("kernel stopping", |_| true).await;
     }
 
     /// Event subscriptions as `hook.list` shows them.
@@ -650,6 +708,69 @@ impl Services {
             })
             .collect()
     }
+}
+
+/// Asks `skill.start.before` whether `skill`'s service may start for `owner`. Every
+/// start passes here: `skill.start`, start reconcile, a skill appearing in the index,
+/// a remote connection. Restarts of a running service (new files, a crash) do not.
+pub(crate) async fn admit_start(
+    kernel: &Kernel,
+    skill: &str,
+    owner: &Owner,
+    cause: &str,
+) -> Result<(), SyscallError> {
+    let scope = HookScope {
+        agent_id: owner.agent_id(),
+        session_id: owner.session_id(),
+    };
+    kernel
+        .hooks
+        .admit(Admission::SkillStartBefore, scope, || {
+            (
+                serde_json::json!({
+                    "skill": skill,
+                    "ownerType": owner.owner_type(),
+                    "ownerId": owner.owner_id(),
+                    "agentId": owner.agent_id(),
+                    "sessionId": owner.session_id(),
+                    "cause": cause,
+                }),
+                serde_json::json!({}),
+            )
+        })
+        .await?;
+    Ok(())
+}
+
+/// Asks `skill.stop.before` whether `entry` may stop. Every stop passes here except the
+/// kernel's own shutdown and restarts (new files, a crash).
+async fn admit_stop(
+    kernel: &Kernel,
+    entry: &ServiceEntry,
+    reason: &str,
+) -> Result<(), SyscallError> {
+    let scope = HookScope {
+        agent_id: entry.owner.agent_id(),
+        session_id: entry.owner.session_id(),
+    };
+    kernel
+        .hooks
+        .admit(Admission::SkillStopBefore, scope, || {
+            (
+                serde_json::json!({
+                    "serviceId": entry.id,
+                    "skill": entry.skill,
+                    "ownerType": entry.owner.owner_type(),
+                    "ownerId": entry.owner.owner_id(),
+                    "agentId": entry.owner.agent_id(),
+                    "sessionId": entry.owner.session_id(),
+                    "reason": reason,
+                }),
+                serde_json::json!({}),
+            )
+        })
+        .await?;
+    Ok(())
 }
 
 /// Whether `caller` may see a service owned by `owner`: unconfined callers see all;

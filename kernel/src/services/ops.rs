@@ -10,10 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::RwLock;
 use std::time::Duration;
 
-use aos_sdk::protocol::service::{CallerInfo, rpc_code};
+use aos_sdk::protocol::service::{OpCallRef, rpc_code};
 use aos_sdk::protocol::{ErrorCode, OpDescription};
 use aos_sdk::rpc::{CallError, Peer};
-use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::auth::{Caller, Owner};
@@ -129,13 +128,6 @@ pub fn choose<'a>(
         .or_else(|| (caller.confined_agent().is_none() && routes.len() == 1).then(|| &routes[0]))
 }
 
-#[derive(Serialize)]
-struct OpCall<'a> {
-    name: &'a str,
-    params: &'a Value,
-    caller: &'a CallerInfo,
-}
-
 /// Calls a service-provided operation through `route` and maps the answer to a
 /// syscall result.
 pub async fn call(
@@ -149,7 +141,7 @@ pub async fn call(
         .peer
         .request_with(
             "op",
-            &OpCall {
+            &OpCallRef {
                 name,
                 params,
                 caller: &info,

@@ -5,7 +5,8 @@
 //! created or its defaults change (and at start-up), a session at bootstrap and when
 //! its defaults change (and at start-up). Reconcile starts what the defaults ask for
 //! and is missing, and stops what it started earlier and the defaults no longer ask
-//! for; services started by `skill.start` are left alone.
+//! for; services started by `skill.start` are left alone. Every start and stop it makes
+//! asks `skill.start.before` / `skill.stop.before` like `skill.start` and `skill.stop`.
 
 use std::sync::Arc;
 
@@ -154,12 +155,17 @@ async fn apply(kernel: &Arc<Kernel>, owner: Owner, wanted: Vec<String>) {
         .into_iter()
         .filter(|e| !startable.contains(&e.skill))
         .collect();
-    join_all(
+    let stops = join_all(
         extra
             .iter()
-            .map(|e| services.stop(e, "no longer in the owner's default skills")),
+            .map(|e| services.stop(kernel, e, "no longer in the owner's default skills")),
     )
     .await;
+    for (entry, result) in extra.iter().zip(stops) {
+        if let Err(error) = result {
+            tracing::warn!(service = %entry.id, skill = %entry.skill, owner = %owner.describe(), %error, "default service keeps running");
+        }
+    }
     let results = join_all(startable.iter().map(|name| {
         services.start(
             kernel,

@@ -511,6 +511,11 @@ pub async fn serve_external(
         peer.close();
         return;
     }
+    if let Err(error) = super::admit_start(&kernel, &hello.skill, &owner, "connected").await {
+        connection::refuse_hello(&peer, id, &error.message).await;
+        peer.close();
+        return;
+    }
     let (entry, control) =
         match kernel
             .services

@@ -60,7 +60,7 @@ pub async fn reload(
     );
     let services = &kernel.services;
     for name in &changes.removed {
-        services.remove_skill(name).await;
+        services.remove_skill(kernel, name).await;
     }
     for name in &changes.changed {
         services.restart_skill(name, "its files changed");

@@ -459,6 +459,7 @@ pub async fn dispatches_round_trip(store: Arc<dyn Store>) {
         priority: 5,
         queued_at: Timestamp::now(),
         started_at: None,
+        deadline_at: None,
         ended_at: None,
         turns: 0,
         usage: Usage::default(),

@@ -9,6 +9,7 @@ use serde_json::json;
 use super::session::archive_session;
 use super::validate::{self, Layer};
 use super::{Access, Ctx, OpKind, OpSpec, Out, SyscallError, op};
+use crate::auth::Owner;
 use crate::hooks::EventName;
 use crate::ids::new_id;
 use crate::services::reconcile;
@@ -253,6 +254,15 @@ async fn archive(ctx: Ctx, params: AgentIdParams) -> Result<Out<AgentCb>, Syscal
     if agent.status == AgentStatus::Archived {
         return Err(archived(&agent.agent_id));
     }
+    // The agent's own services must be allowed to stop (`skill.stop.before`) before
+    // anything is archived; each session's are asked as it is archived.
+    let owner = Owner::Agent {
+        agent_id: agent.agent_id.clone(),
+    };
+    ctx.kernel
+        .services
+        .admit_owner_stops(&ctx.kernel, &owner)
+        .await?;
     // Archive the sessions first: if one is busy, the agent stays active and the
     // caller can interrupt and retry.
     let mut archived_sessions = archive_sessions_of(&ctx.kernel, &agent.agent_id).await?;

@@ -685,6 +685,7 @@ mod tests {
             "skill.unload",
             "skill.catalog.list",
             "skill.catalog.refresh",
+            "skill.catalog.preview",
             "skill.default.resolve",
             "skill.start",
             "skill.stop",
@@ -732,9 +733,11 @@ mod tests {
     #[test]
     fn queries_are_named_as_reads() {
         for spec in Registry::standard().iter() {
-            let read_like = [".get", ".list", ".search", ".read", ".resolve", ".rebuild"]
-                .iter()
-                .any(|suffix| spec.name.ends_with(suffix));
+            let read_like = [
+                ".get", ".list", ".search", ".read", ".resolve", ".rebuild", ".preview",
+            ]
+            .iter()
+            .any(|suffix| spec.name.ends_with(suffix));
             assert_eq!(
                 spec.kind == OpKind::Query,
                 read_like,

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::validate::{self, Layer};
 use super::{Access, Ctx, OpKind, OpSpec, Out, SyscallError, op};
+use crate::auth::Owner;
 use crate::hooks::{Admission, EventName, HookScope};
 use crate::ids::new_id;
 use crate::kernel::Kernel;
@@ -590,6 +591,15 @@ pub(super) async fn archive_session(
     kernel: &Kernel,
     session_id: &str,
 ) -> Result<SessionCb, SyscallError> {
+    // Its services must be allowed to stop (`skill.stop.before`) before it is archived.
+    let current = kernel.get_session(session_id).await?;
+    if current.status != SessionStatus::Archived {
+        let owner = Owner::Session {
+            agent_id: current.agent_id,
+            session_id: current.session_id,
+        };
+        kernel.services.admit_owner_stops(kernel, &owner).await?;
+    }
     let now = Timestamp::now();
     let session = kernel
         .update_session(session_id, |s| {

@@ -77,6 +77,13 @@ pub(super) fn ops() -> Vec<OpSpec> {
             catalog_refresh,
         ),
         op(
+            "skill.catalog.preview",
+            OpKind::Query,
+            Access::Scoped,
+            "What a catalog refresh would select for an agent or session, without refreshing: the selection transform `skill.discovery.resolve` runs, the admission hook `skill.discovery.before` does not, and nothing is announced.",
+            catalog_preview,
+        ),
+        op(
             "skill.default.resolve",
             OpKind::Query,
             Access::Scoped,
@@ -223,25 +230,6 @@ async fn start(ctx: Ctx, params: SkillStartParams) -> Result<Out<ServiceInfo>, S
         ));
     }
     let owner = start_owner(&ctx, &params).await?;
-    let scope = HookScope {
-        agent_id: owner.agent_id(),
-        session_id: owner.session_id(),
-    };
-    ctx.kernel
-        .hooks
-        .admit(Admission::SkillStartBefore, scope, || {
-            (
-                json!({
-                    "skill": params.name,
-                    "ownerType": owner.owner_type(),
-                    "ownerId": owner.owner_id(),
-                    "agentId": owner.agent_id(),
-                    "sessionId": owner.session_id(),
-                }),
-                json!({}),
-            )
-        })
-        .await?;
     let entry = ctx
         .kernel
         .services
@@ -281,25 +269,10 @@ async fn stop(ctx: Ctx, params: ServiceIdParams) -> Result<Out<ServiceInfo>, Sys
             .caller
             .deny(format_args!("stop services of {}", entry.owner.describe())));
     }
-    let scope = HookScope {
-        agent_id: entry.owner.agent_id(),
-        session_id: entry.owner.session_id(),
-    };
     ctx.kernel
-        .hooks
-        .admit(Admission::SkillStopBefore, scope, || {
-            (
-                json!({
-                    "serviceId": entry.id,
-                    "skill": entry.skill,
-                    "agentId": entry.owner.agent_id(),
-                    "sessionId": entry.owner.session_id(),
-                }),
-                json!({}),
-            )
-        })
+        .services
+        .stop(&ctx.kernel, &entry, "skill.stop")
         .await?;
-    ctx.kernel.services.stop(&entry, "skill.stop").await;
     let mut out = Out::new(entry.info()).targets(json!({"serviceId": entry.id}));
     out.agent_id = entry.owner.agent_id().map(str::to_owned);
     out.session_id = entry.owner.session_id().map(str::to_owned);
@@ -535,7 +508,12 @@ async fn catalog_list(
     params: CatalogParams,
 ) -> Result<Out<Vec<CatalogItem>>, SyscallError> {
     check_catalog_params(&params)?;
-    owner_of(&ctx, None, params.session_id.as_deref()).await?;
+    owner_of(
+        &ctx,
+        params.agent_id.as_deref(),
+        params.session_id.as_deref(),
+    )
+    .await?;
     let snapshot = ctx.kernel.skills.snapshot();
     Ok(Out::new(matching(
         &snapshot,
@@ -548,23 +526,47 @@ async fn catalog_refresh(
     ctx: Ctx,
     params: CatalogParams,
 ) -> Result<Out<Vec<CatalogItem>>, SyscallError> {
-    check_catalog_params(&params)?;
-    let (agent_id, session_id) = owner_of(&ctx, None, params.session_id.as_deref()).await?;
+    discover(&ctx, &params, true).await.map(Out::new)
+}
+
+async fn catalog_preview(
+    ctx: Ctx,
+    params: CatalogParams,
+) -> Result<Out<Vec<CatalogItem>>, SyscallError> {
+    discover(&ctx, &params, false).await.map(Out::new)
+}
+
+/// The catalog for the owner `params` name: matching skills, then the selection of
+/// `skill.discovery.resolve`. A refresh (`refresh`) first passes `skill.discovery.before`
+/// (which may rewrite the query) and announces the result; a preview does neither.
+async fn discover(
+    ctx: &Ctx,
+    params: &CatalogParams,
+    refresh: bool,
+) -> Result<Vec<CatalogItem>, SyscallError> {
+    check_catalog_params(params)?;
+    let (agent_id, session_id) = owner_of(
+        ctx,
+        params.agent_id.as_deref(),
+        params.session_id.as_deref(),
+    )
+    .await?;
     let scope = HookScope {
         agent_id: agent_id.as_deref(),
         session_id: session_id.as_deref(),
     };
     let mut query = params.query.clone().unwrap_or_default();
-    if let Some(output) = ctx
-        .kernel
-        .hooks
-        .admit(Admission::SkillDiscoveryBefore, scope, || {
-            (
-                json!({"agentId": agent_id, "sessionId": session_id, "query": query}),
-                json!({"query": query}),
-            )
-        })
-        .await?
+    if refresh
+        && let Some(output) = ctx
+            .kernel
+            .hooks
+            .admit(Admission::SkillDiscoveryBefore, scope, || {
+                (
+                    json!({"agentId": agent_id, "sessionId": session_id, "query": query}),
+                    json!({"query": query}),
+                )
+            })
+            .await?
         && let Some(rewritten) = output.get("query").and_then(Value::as_str)
     {
         query = rewritten.to_owned();
@@ -590,13 +592,15 @@ async fn catalog_refresh(
             .filter_map(|name| catalog.iter().find(|c| c.name == *name).cloned())
             .collect();
     }
-    ctx.kernel.emit(
-        EventName::SkillDiscoveryAfter,
-        agent_id.as_deref(),
-        session_id.as_deref(),
-        json!({"agentId": agent_id, "sessionId": session_id, "catalog": catalog}),
-    );
-    Ok(Out::new(catalog))
+    if refresh {
+        ctx.kernel.emit(
+            EventName::SkillDiscoveryAfter,
+            agent_id.as_deref(),
+            session_id.as_deref(),
+            json!({"agentId": agent_id, "sessionId": session_id, "catalog": catalog}),
+        );
+    }
+    Ok(catalog)
 }
 
 async fn default_resolve(

@@ -483,10 +483,13 @@ pub struct SkillLoaded {
     pub text: String,
 }
 
-/// `skill.catalog.list` / `skill.catalog.refresh`: the skills visible to an owner.
+/// `skill.catalog.list` / `skill.catalog.refresh` / `skill.catalog.preview`: the skills
+/// visible to an owner.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CatalogParams {
+    /// The agent whose view to compute (without a session: the agent's own hooks).
+    pub agent_id: Option<String>,
     /// The session whose view to compute (its agent is implied).
     pub session_id: Option<String>,
     /// Words to match against names and descriptions; all must match.

@@ -91,6 +91,18 @@ pub struct ProviderConfig {
     /// Retries on 429, 5xx and connection errors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
+    /// Prices by model name (as written after `<name>/`; `*` for any other), so usage
+    /// carries `costUsd`. Unpriced models cost 0.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prices: BTreeMap<String, ModelPrice>,
+}
+
+/// What a model costs, in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelPrice {
+    pub input_per_m_tok: f64,
+    pub output_per_m_tok: f64,
 }
 
 /// How a provider is asked for tool calls.
@@ -609,6 +621,9 @@ pub struct Dispatch {
     pub queued_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
+    /// When its deadline (`deadlineMs`, else the system's `dispatchTimeoutMs`) stops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<Timestamp>,
     pub turns: u32,

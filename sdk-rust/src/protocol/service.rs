@@ -547,6 +547,26 @@ pub struct OpCallParams {
     pub caller: CallerInfo,
 }
 
+/// [`HookCallParams`] borrowed: the same wire shape, for the sender (the kernel), which
+/// should not copy the hook's data for every call.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookCallRef<'a> {
+    pub name: &'a str,
+    pub class: Option<&'a str>,
+    pub input: &'a Value,
+    pub output: &'a Value,
+}
+
+/// [`OpCallParams`] borrowed: the same wire shape, for the sender (the kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpCallRef<'a> {
+    pub name: &'a str,
+    pub params: &'a Value,
+    pub caller: &'a CallerInfo,
+}
+
 /// Who called a service's operation: the service decides what they may do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -735,6 +755,42 @@ pub struct ServiceListParams {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn borrowed_calls_have_the_wire_shape_of_the_owned_ones() {
+        let (input, output) = (
+            json!({"agentId": "agt_1"}),
+            json!({"args": {"command": "ls"}}),
+        );
+        let hook = HookCallRef {
+            name: "tool.before",
+            class: Some("admission"),
+            input: &input,
+            output: &output,
+        };
+        let wire = to_value(&hook);
+        let owned: HookCallParams = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(to_value(&owned), wire);
+        assert_eq!(owned.class.as_deref(), Some("admission"));
+        let caller = CallerInfo {
+            identity: "admin".into(),
+            kind: "admin".into(),
+            agent_id: None,
+            session_id: None,
+            skill: None,
+            token_id: Some("tok_1".into()),
+        };
+        let params = json!({"q": 1});
+        let op = OpCallRef {
+            name: "demo.echo",
+            params: &params,
+            caller: &caller,
+        };
+        let wire = to_value(&op);
+        let owned: OpCallParams = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(to_value(&owned), wire);
+        assert_eq!(owned.caller, caller);
+    }
 
     #[test]
     fn frames_decode_into_requests_notifications_and_answers() {
