@@ -22,7 +22,7 @@ pub fn check_services_built() -> Result<()> {
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
-    for binary in ["aos-context", "aos-guard"] {
+    for binary in ["aos-context", "aos-guard", "aos-sched", "aos-mcp"] {
         if !dir.join(binary).is_file() {
             bail!(
                 "{binary} is not built next to the bench ({}): run `cargo build --release --workspace --bins` first",

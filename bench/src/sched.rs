@@ -24,18 +24,6 @@ use crate::report::{Figure, Section, percentile};
 
 const SKILL: &str = "aos-sched";
 
-fn check_sched_built() -> Result<()> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("the bench's directory")?;
-    if !dir.join(SKILL).is_file() {
-        bail!(
-            "{SKILL} is not built next to the bench ({}): run `cargo build --release --workspace --bins` first",
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
 /// True when aos-sched's `compute.before` handler is registered.
 async fn listening(api: &Api) -> Result<bool> {
     let listed = api.client.call("hook.list", json!({})).await?;
@@ -112,7 +100,7 @@ async fn closed_loop(kernel: &KernelProcess, n: usize) -> Result<(Vec<u64>, Vec<
 
 /// Scheduler overhead per model call, and the `compute.before` round trip alone.
 pub async fn overhead(plan: &Plan) -> Result<Section> {
-    check_sched_built()?;
+    crate::context::check_services_built()?;
     let n = if plan.rounds <= 1 { 10 } else { 200 };
     let llm = ScriptedLlm::start();
     llm.forget_requests();

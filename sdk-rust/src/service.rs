@@ -135,6 +135,21 @@ impl OpError {
         Self::new(ErrorCode::InvalidParams, message)
     }
 
+    /// Checks that `params` is an object holding only `accepted` fields; the error
+    /// names the first other field and lists the accepted ones.
+    pub fn check_fields(params: &Value, accepted: &[&str]) -> Result<(), OpError> {
+        let Some(object) = params.as_object() else {
+            return Err(OpError::invalid("params must be a JSON object"));
+        };
+        match object.keys().find(|k| !accepted.contains(&k.as_str())) {
+            Some(unknown) => Err(OpError::invalid(format!(
+                "unknown field `{unknown}`; accepted: {}",
+                accepted.join(", ")
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn into_rpc(self) -> RpcError {
         RpcError::new(rpc_code::INTERNAL_ERROR, self.message)
             .with_data(serde_json::json!({"code": self.code}))

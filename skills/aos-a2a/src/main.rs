@@ -268,19 +268,6 @@ async fn serve() -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-fn check_fields(params: &Value, accepted: &[&str]) -> Result<(), OpError> {
-    let Some(object) = params.as_object() else {
-        return Err(OpError::invalid("params must be a JSON object"));
-    };
-    match object.keys().find(|k| !accepted.contains(&k.as_str())) {
-        Some(unknown) => Err(OpError::invalid(format!(
-            "unknown field `{unknown}`; accepted: {}",
-            accepted.join(", ")
-        ))),
-        None => Ok(()),
-    }
-}
-
 fn string<'a>(params: &'a Value, field: &str) -> Result<&'a str, OpError> {
     params
         .get(field)
@@ -767,7 +754,7 @@ impl A2a {
     }
 
     async fn agents(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &[])?;
+        OpError::check_fields(params, &[])?;
         let agents = self
             .call("agent.list", json!({"status": "active", "limit": 1000}))
             .await?;
@@ -819,7 +806,7 @@ impl A2a {
     }
 
     async fn send(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["to", "text", "mode", "wait", "fromSessionId"])?;
+        OpError::check_fields(params, &["to", "text", "mode", "wait", "fromSessionId"])?;
         let mode = match params
             .get("mode")
             .and_then(Value::as_str)
@@ -870,7 +857,7 @@ impl A2a {
     }
 
     async fn reply(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["id", "text", "mode", "fromSessionId"])?;
+        OpError::check_fields(params, &["id", "text", "mode", "fromSessionId"])?;
         let mode = match params
             .get("mode")
             .and_then(Value::as_str)
@@ -915,7 +902,7 @@ impl A2a {
     }
 
     async fn inbox(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["limit", "agentId"])?;
+        OpError::check_fields(params, &["limit", "agentId"])?;
         let agent = match (
             &caller.agent_id,
             params.get("agentId").and_then(Value::as_str),
@@ -960,7 +947,7 @@ impl A2a {
     }
 
     async fn spawn(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["task", "agentId", "title", "fromSessionId"])?;
+        OpError::check_fields(params, &["task", "agentId", "title", "fromSessionId"])?;
         let task = string(params, "task")?;
         let from = self.sender(params, caller).await?;
         let parent = self
@@ -1047,7 +1034,7 @@ impl A2a {
     }
 
     async fn get(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["id"])?;
+        OpError::check_fields(params, &["id"])?;
         let row = self.message(string(params, "id")?).await?;
         let parties = [
             row.get::<String, _>("from_agent"),
@@ -1065,7 +1052,7 @@ impl A2a {
     }
 
     async fn wait(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["ids", "timeoutMs", "stopWaiting"])?;
+        OpError::check_fields(params, &["ids", "timeoutMs", "stopWaiting"])?;
         let ids: Vec<String> = match params.get("ids") {
             Some(Value::Array(items))
                 if !items.is_empty() && items.iter().all(Value::is_string) =>

@@ -171,19 +171,6 @@ async fn serve() -> Result<(), String> {
     service.run().await.map_err(|e| e.to_string())
 }
 
-fn check_fields(params: &Value, accepted: &[&str]) -> Result<(), OpError> {
-    let Some(object) = params.as_object() else {
-        return Err(OpError::invalid("params must be a JSON object"));
-    };
-    match object.keys().find(|k| !accepted.contains(&k.as_str())) {
-        Some(unknown) => Err(OpError::invalid(format!(
-            "unknown field `{unknown}`; accepted: {}",
-            accepted.join(", ")
-        ))),
-        None => Ok(()),
-    }
-}
-
 fn string<'a>(params: &'a Value, field: &str) -> Result<&'a str, OpError> {
     params
         .get(field)
@@ -296,7 +283,7 @@ impl Scheduler {
     }
 
     async fn add(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["expr", "task", "agentId", "sessionId", "missed"])?;
+        OpError::check_fields(params, &["expr", "task", "agentId", "sessionId", "missed"])?;
         let expr = string(params, "expr")?;
         let cron = schedule(expr)?;
         let task = string(params, "task")?;
@@ -377,7 +364,7 @@ impl Scheduler {
     }
 
     async fn list(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["agentId"])?;
+        OpError::check_fields(params, &["agentId"])?;
         let agent = self.agent_of(params, caller)?;
         let rows = sqlx::query(
             "SELECT * FROM jobs WHERE (? IS NULL OR agent_id = ?) ORDER BY next_run_at, id",
@@ -393,7 +380,7 @@ impl Scheduler {
     }
 
     async fn remove(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["id"])?;
+        OpError::check_fields(params, &["id"])?;
         let id = string(params, "id")?;
         self.job(id, caller).await?;
         sqlx::query("DELETE FROM jobs WHERE id = ?")
@@ -405,14 +392,14 @@ impl Scheduler {
     }
 
     async fn run_now(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["id"])?;
+        OpError::check_fields(params, &["id"])?;
         let row = self.job(string(params, "id")?, caller).await?;
         let _one = self.ticking.lock().await;
         Ok(self.fire(&row, "run by hand").await)
     }
 
     async fn tick(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["now"])?;
+        OpError::check_fields(params, &["now"])?;
         if self.config.clock != "manual" {
             return Err(OpError::new(
                 ErrorCode::Unavailable,

@@ -246,7 +246,7 @@ async fn connect(
     let running = if let Some(url) = &server.config.url {
         let mut headers = HashMap::new();
         for (name, value) in &server.config.headers {
-            let name = reqwest_header(name)?;
+            let name = header_name(name)?;
             let value = value
                 .parse()
                 .map_err(|_| format!("header `{name}` has a value that is not valid in HTTP"))?;
@@ -289,7 +289,7 @@ async fn connect(
     Ok((running, tools))
 }
 
-fn reqwest_header(name: &str) -> Result<http::HeaderName, String> {
+fn header_name(name: &str) -> Result<http::HeaderName, String> {
     name.parse()
         .map_err(|_| format!("`{name}` is not a valid HTTP header name"))
 }
@@ -372,19 +372,6 @@ fn field<'a>(params: &'a Value, name: &str) -> Result<&'a str, OpError> {
         .ok_or_else(|| OpError::invalid(format!("`{name}` (a non-empty string) is required")))
 }
 
-fn check_fields(params: &Value, accepted: &[&str]) -> Result<(), OpError> {
-    let Some(object) = params.as_object() else {
-        return Err(OpError::invalid("params must be a JSON object"));
-    };
-    match object.keys().find(|k| !accepted.contains(&k.as_str())) {
-        Some(unknown) => Err(OpError::invalid(format!(
-            "unknown field `{unknown}`; accepted: {}",
-            accepted.join(", ")
-        ))),
-        None => Ok(()),
-    }
-}
-
 impl Mcp {
     fn server(&self, name: &str) -> Result<&Arc<Server>, OpError> {
         self.servers.get(name).ok_or_else(|| {
@@ -425,7 +412,7 @@ impl Mcp {
     }
 
     async fn list(&self, params: &Value, _caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["server"])?;
+        OpError::check_fields(params, &["server"])?;
         let only = params.get("server").and_then(Value::as_str);
         if let Some(name) = only {
             self.server(name)?;
@@ -476,7 +463,7 @@ impl Mcp {
     }
 
     async fn describe(&self, params: &Value, _caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["server", "tool"])?;
+        OpError::check_fields(params, &["server", "tool"])?;
         let server = self.server(field(params, "server")?)?;
         let link = server.lock();
         let tool = self.tool(server, &link, field(params, "tool")?)?;
@@ -484,7 +471,7 @@ impl Mcp {
     }
 
     async fn call(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["server", "tool", "arguments"])?;
+        OpError::check_fields(params, &["server", "tool", "arguments"])?;
         let server = self.server(field(params, "server")?)?;
         let name = field(params, "tool")?;
         let arguments = match params.get("arguments") {

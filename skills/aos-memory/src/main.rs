@@ -181,19 +181,6 @@ async fn serve() -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-fn check_fields(params: &Value, accepted: &[&str]) -> Result<(), OpError> {
-    let Some(object) = params.as_object() else {
-        return Err(OpError::invalid("params must be a JSON object"));
-    };
-    match object.keys().find(|k| !accepted.contains(&k.as_str())) {
-        Some(unknown) => Err(OpError::invalid(format!(
-            "unknown field `{unknown}`; accepted: {}",
-            accepted.join(", ")
-        ))),
-        None => Ok(()),
-    }
-}
-
 /// The agent whose memory a call uses: the caller's own, or (admin and services) the
 /// one named in `agentId`; `None` for an unconfined caller that names none.
 fn agent_of(params: &Value, caller: &CallerInfo) -> Result<Option<String>, OpError> {
@@ -275,7 +262,7 @@ fn row_json(row: &sqlx::sqlite::SqliteRow) -> Value {
 
 impl Memory {
     async fn save(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["text", "tags", "scope", "agentId"])?;
+        OpError::check_fields(params, &["text", "tags", "scope", "agentId"])?;
         let Some(agent) = agent_of(params, caller)? else {
             return Err(OpError::invalid(
                 "`agentId` is required for callers that are not an agent",
@@ -363,7 +350,7 @@ impl Memory {
     }
 
     async fn search(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["query", "limit", "agentId"])?;
+        OpError::check_fields(params, &["query", "limit", "agentId"])?;
         let agent = agent_of(params, caller)?;
         let query = params
             .get("query")
@@ -383,7 +370,7 @@ impl Memory {
     }
 
     async fn list(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["limit", "scope", "agentId"])?;
+        OpError::check_fields(params, &["limit", "scope", "agentId"])?;
         let agent = agent_of(params, caller)?;
         let limit = match params.get("limit") {
             None => 50,
@@ -417,7 +404,7 @@ impl Memory {
     }
 
     async fn forget(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["id"])?;
+        OpError::check_fields(params, &["id"])?;
         let Some(id) = params.get("id").and_then(Value::as_str) else {
             return Err(OpError::invalid(
                 "`id` (a mem_… id from memory list or search) is required",

@@ -133,12 +133,12 @@ impl Lane {
             .retain(|_, since| now.duration_since(*since) < PENDING_LIMIT);
     }
 
-    fn finish(&mut self, dispatch_id: &str, tokens: u64, now: Instant) -> bool {
-        let was = self.pending.remove(dispatch_id).is_some();
-        if was || tokens > 0 {
+    /// A call ended: it leaves the pending set and stays in the window as finished (a
+    /// call this lane never admitted counts only when it used tokens).
+    fn finish(&mut self, dispatch_id: &str, tokens: u64, now: Instant) {
+        if self.pending.remove(dispatch_id).is_some() || tokens > 0 {
             self.done.push_back((now, tokens));
         }
-        was
     }
 }
 
@@ -297,19 +297,6 @@ async fn serve() -> Result<(), String> {
         tick
     );
     service.run().await.map_err(|e| e.to_string())
-}
-
-fn check_fields(params: &Value, accepted: &[&str]) -> Result<(), OpError> {
-    let Some(object) = params.as_object() else {
-        return Err(OpError::invalid("params must be a JSON object"));
-    };
-    match object.keys().find(|k| !accepted.contains(&k.as_str())) {
-        Some(unknown) => Err(OpError::invalid(format!(
-            "unknown field `{unknown}`; accepted: {}",
-            accepted.join(", ")
-        ))),
-        None => Ok(()),
-    }
 }
 
 fn db_error(e: sqlx::Error) -> OpError {
@@ -498,9 +485,9 @@ impl Sched {
             .clamp(-1000, 1000);
         let wall = self.now();
         let now = Instant::now();
-        let policy = self.policy();
         let mut guard = self.lock();
         let state = &mut *guard;
+        let policy = state.policy.unwrap_or(self.config.policy);
         if let Some(refusal) = self.over_budget(state, agent, wall) {
             state.held.remove(dispatch);
             return Verdict::Reject(refusal);
@@ -591,7 +578,7 @@ impl Sched {
         let cost = usage["costUsd"].as_f64().unwrap_or(0.0);
         let provider = payload["provider"].as_str().unwrap_or_default();
         let dispatch = payload["dispatchId"].as_str().unwrap_or_default();
-        let wall = self.now();
+        let [(_, day, _), (_, month, _)] = periods(self.now());
         {
             let mut state = self.lock();
             if state.rate_limits.contains_key(provider) {
@@ -601,27 +588,30 @@ impl Sched {
                     Instant::now(),
                 );
             }
-            for (_, key, _) in periods(wall) {
-                let used = state.used.entry((agent.to_owned(), key)).or_default();
+            for key in [&day, &month] {
+                let used = state
+                    .used
+                    .entry((agent.to_owned(), key.clone()))
+                    .or_default();
                 used.tokens += tokens;
                 used.cost_usd += cost;
             }
         }
-        for (_, key, _) in periods(wall) {
-            let written = sqlx::query(
-                "INSERT INTO usage (agent_id, period, tokens, cost_usd, calls) VALUES (?1, ?2, ?3, ?4, 1)
-                 ON CONFLICT (agent_id, period) DO UPDATE SET tokens = tokens + excluded.tokens,
-                 cost_usd = cost_usd + excluded.cost_usd, calls = calls + 1",
-            )
-            .bind(agent)
-            .bind(&key)
-            .bind(tokens as i64)
-            .bind(cost)
-            .execute(&self.pool)
-            .await;
-            if let Err(error) = written {
-                tracing::error!(agent, %error, "recording usage failed");
-            }
+        // Both periods in one statement: one write per model call.
+        let written = sqlx::query(
+            "INSERT INTO usage (agent_id, period, tokens, cost_usd, calls) VALUES (?1, ?2, ?4, ?5, 1), (?1, ?3, ?4, ?5, 1)
+             ON CONFLICT (agent_id, period) DO UPDATE SET tokens = tokens + excluded.tokens,
+             cost_usd = cost_usd + excluded.cost_usd, calls = calls + 1",
+        )
+        .bind(agent)
+        .bind(&day)
+        .bind(&month)
+        .bind(tokens as i64)
+        .bind(cost)
+        .execute(&self.pool)
+        .await;
+        if let Err(error) = written {
+            tracing::error!(agent, %error, "recording usage failed");
         }
     }
 
@@ -635,14 +625,12 @@ impl Sched {
         let mut state = self.lock();
         state.held.remove(dispatch);
         for lane in state.lanes.values_mut() {
-            if lane.pending.contains_key(dispatch) {
-                lane.finish(dispatch, 0, now);
-            }
+            lane.finish(dispatch, 0, now);
         }
     }
 
     async fn status(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["agentId"])?;
+        OpError::check_fields(params, &["agentId"])?;
         let only = caller.agent_id.clone().or_else(|| {
             params
                 .get("agentId")
@@ -670,9 +658,9 @@ impl Sched {
         let wall = self.now();
         let now = Instant::now();
         let window = Duration::from_secs(self.config.fair_share_window_seconds.max(1));
-        let policy = self.policy();
         let mut guard = self.lock();
         let state = &mut *guard;
+        let policy = state.policy.unwrap_or(self.config.policy);
         let mut agents: Vec<String> = state
             .charges
             .keys()
@@ -775,7 +763,7 @@ impl Sched {
     }
 
     async fn set(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(
+        OpError::check_fields(
             params,
             &[
                 "policy",
@@ -877,7 +865,7 @@ impl Sched {
     }
 
     async fn tick(&self, params: &Value, _caller: &CallerInfo) -> Result<Value, OpError> {
-        check_fields(params, &["now"])?;
+        OpError::check_fields(params, &["now"])?;
         if self.config.clock != "manual" {
             return Err(OpError::new(
                 ErrorCode::Unavailable,
@@ -958,7 +946,11 @@ mod tests {
         let window = Duration::from_millis(50);
         lane.prune(window, t0 + Duration::from_millis(100));
         assert_eq!(lane.pending.len(), 1, "an unfinished call stays counted");
-        assert!(lane.finish("d1", 10, t0 + Duration::from_millis(100)));
+        lane.finish("d1", 10, t0 + Duration::from_millis(100));
+        assert!(
+            lane.pending.is_empty(),
+            "a finished call is no longer pending"
+        );
         lane.prune(window, t0 + Duration::from_millis(120));
         assert_eq!(lane.done.len(), 1);
         lane.prune(window, t0 + Duration::from_millis(151));
