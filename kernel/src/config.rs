@@ -9,6 +9,17 @@ use crate::store::sqlite::SyncMode;
 
 /// Default API port.
 pub const DEFAULT_PORT: u16 = 8420;
+/// Default session lease lifetime (DESIGN §9).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+/// Shortest lease lifetime accepted.
+pub const MIN_LEASE_TTL: Duration = Duration::from_millis(1500);
+
+impl KernelConfig {
+    /// How often a running dispatch renews its lease.
+    pub fn lease_renew(&self) -> Duration {
+        self.lease_ttl / 3
+    }
+}
 
 /// Size and time limits that protect the kernel from hostile or runaway input.
 #[derive(Debug, Clone)]
@@ -68,6 +79,13 @@ pub struct KernelConfig {
     pub service_bin_dirs: Vec<PathBuf>,
     /// The default LLM provider from `AOS_LLM_*` variables, over `aoscb.json`.
     pub llm_env: Option<crate::react::llm::EnvProvider>,
+    /// How long a session lease lives unrenewed (`AOS_LEASE_TTL_MS`, default 60 s); a
+    /// running dispatch renews it every third of that. With several nodes, a node that
+    /// dies loses its sessions to the others this long after its last renewal.
+    pub lease_ttl: Duration,
+    /// The URL other nodes reach this one's API at (`AOS_ADVERTISE_URL`; default the
+    /// bound address). Used only with several nodes on one PostgreSQL.
+    pub advertise_url: Option<String>,
     pub limits: Limits,
 }
 
@@ -91,6 +109,8 @@ impl KernelConfig {
                 .into_iter()
                 .collect(),
             llm_env: None,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            advertise_url: None,
             limits: Limits::default(),
         }
     }

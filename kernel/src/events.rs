@@ -9,6 +9,11 @@
 //! Each event is serialized once, when published; subscribers send that text as is.
 //! The ring is bounded both by count and by bytes, so large payloads cannot make it
 //! hold more than its byte budget.
+//!
+//! With several kernel nodes on one database, each event happens on one node: the bus
+//! stamps local events with this node's id and hands them to a relay (`cluster`),
+//! which publishes them to the other nodes; events relayed from other nodes come in
+//! through [`EventBus::publish_remote`] and get an id from this node's sequence.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aos_sdk::protocol::service::{EventParams, encode_notification};
 use aos_sdk::protocol::{Event, Timestamp};
 use serde_json::Value;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 /// Live events a slow subscriber may fall behind by before it is told it lagged.
 const LIVE_BUFFER: usize = 1024;
@@ -63,6 +68,14 @@ pub struct EventBus {
     // Locked only to append or to snapshot; never held across an `.await`.
     ring: Mutex<Ring>,
     live: broadcast::Sender<Arc<Published>>,
+    /// Set when this kernel is one of several nodes: its id and where local events go.
+    relay: OnceLock<Relay>,
+}
+
+#[derive(Debug)]
+struct Relay {
+    node: String,
+    out: mpsc::UnboundedSender<Arc<Published>>,
 }
 
 /// A new subscription: what was missed, and the live feed from there on.
@@ -100,7 +113,19 @@ impl EventBus {
                 max_bytes: ring_bytes,
             }),
             live,
+            relay: OnceLock::new(),
         }
+    }
+
+    /// Makes this bus one node's: local events carry `node` and are sent to `out` as
+    /// well. Returns false if a relay was already set.
+    pub fn set_relay(&self, node: &str, out: mpsc::UnboundedSender<Arc<Published>>) -> bool {
+        self.relay
+            .set(Relay {
+                node: node.to_owned(),
+                out,
+            })
+            .is_ok()
     }
 
     /// Publishes an event and returns it.
@@ -111,18 +136,35 @@ impl EventBus {
         session_id: Option<&str>,
         payload: Value,
     ) -> Arc<Published> {
-        let mut ring = self
-            .ring
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let relay = self.relay.get();
         let event = Event {
-            id: ring.next_id,
+            id: 0,
             name: name.to_owned(),
             ts: Timestamp::now(),
             agent_id: agent_id.map(str::to_owned),
             session_id: session_id.map(str::to_owned),
             payload,
+            node: relay.map(|r| r.node.clone()),
         };
+        let published = self.publish(event);
+        if let Some(relay) = relay {
+            let _ = relay.out.send(published.clone());
+        }
+        published
+    }
+
+    /// Publishes an event that happened on another node (never relayed again). It
+    /// gets the next id of this node's sequence; its time and node stay as they were.
+    pub fn publish_remote(&self, event: Event) -> Arc<Published> {
+        self.publish(event)
+    }
+
+    fn publish(&self, mut event: Event) -> Arc<Published> {
+        let mut ring = self
+            .ring
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        event.id = ring.next_id;
         let json = serde_json::to_string(&event).unwrap_or_else(|_| "{}".to_owned());
         let published = Arc::new(Published {
             event,
@@ -255,6 +297,32 @@ mod tests {
         let b = bus.emit("n", None, None, json!("b"));
         assert_eq!(sub.live.recv().await.unwrap().id, a.id);
         assert_eq!(sub.live.recv().await.unwrap().id, b.id);
+    }
+
+    #[test]
+    fn local_events_are_relayed_with_the_node_and_remote_ones_are_not() {
+        let bus = EventBus::new(8, 1 << 20);
+        let before = bus.emit("a", None, None, json!(0));
+        assert_eq!(before.node, None, "a lone kernel stamps no node");
+        let (out, mut relayed) = mpsc::unbounded_channel();
+        assert!(bus.set_relay("node_a", out));
+        let local = bus.emit("b", None, None, json!(1));
+        assert_eq!(local.node.as_deref(), Some("node_a"));
+        let mut remote = local.event.clone();
+        remote.node = Some("node_b".into());
+        let republished = bus.publish_remote(remote);
+        assert!(
+            republished.id > local.id,
+            "remote events get this node's next id"
+        );
+        assert_eq!(republished.node.as_deref(), Some("node_b"));
+        assert_eq!(relayed.try_recv().unwrap().id, local.id);
+        assert!(
+            relayed.try_recv().is_err(),
+            "remote events are not relayed again"
+        );
+        let held: Vec<u64> = bus.subscribe(Some(0)).replay.iter().map(|e| e.id).collect();
+        assert_eq!(held, vec![before.id, local.id, republished.id]);
     }
 
     #[test]

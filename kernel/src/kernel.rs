@@ -35,6 +35,7 @@ use crate::services::{ServicePaths, Services, reconcile};
 use crate::sessions::recovery;
 use crate::skills::SkillIndex;
 use crate::skills::watcher::{self, Watcher};
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use crate::syscall::{Registry, SyscallError};
@@ -64,7 +65,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error(
-        "unsupported database URL `{0}`: use sqlite:<path> (PostgreSQL support is a separate backend)"
+        "unsupported database URL `{0}`: use sqlite:<path> or postgres://[user@]host[:port]/database"
     )]
     DatabaseUrl(String),
     #[error(transparent)]
@@ -73,6 +74,8 @@ pub enum StartError {
     SystemFile { path: PathBuf, message: String },
     #[error("start-up recovery failed: {0}")]
     Recovery(SyscallError),
+    #[error("cannot join the other nodes on the database: {0}")]
+    Cluster(String),
 }
 
 /// The kernel's shared state. Handlers get an `Arc<Kernel>`.
@@ -89,6 +92,8 @@ pub struct Kernel {
     pub log: RuntimeLog,
     pub services: Services,
     pub dispatcher: Dispatcher,
+    /// Set when the store is PostgreSQL: this node among the others on the database.
+    pub cluster: Option<crate::cluster::Cluster>,
     watcher: Mutex<Option<Watcher>>,
     pub started: Instant,
     pub shutdown: CancellationToken,
@@ -350,6 +355,9 @@ impl Running {
         );
         kernel.services.shutdown_all().await;
         kernel.log.close().await;
+        if let Some(cluster) = &kernel.cluster {
+            cluster.leave().await;
+        }
         kernel.tasks.close();
         if tokio::time::timeout(drain_limit, kernel.tasks.wait())
             .await
@@ -387,12 +395,23 @@ pub async fn start(config: KernelConfig) -> Result<Running, StartError> {
         Some(token) => token.clone(),
         None => read_or_create(&home.join("admin.token"), new_token_secret, 0o600)?,
     };
-    let store: Arc<dyn Store> = match config.database_url.as_deref() {
-        None => Arc::new(SqliteStore::open(&home.join("aos.db"), config.sqlite_sync).await?),
+    let (store, cluster): (Arc<dyn Store>, _) = match config.database_url.as_deref() {
+        None => (
+            Arc::new(SqliteStore::open(&home.join("aos.db"), config.sqlite_sync).await?),
+            None,
+        ),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = PgStore::open(url).await?;
+            let cluster = crate::cluster::Cluster::new(store.pool().clone(), &node_id);
+            (Arc::new(store), Some(cluster))
+        }
         Some(url) => match url.strip_prefix("sqlite:") {
-            Some(path) => Arc::new(
-                SqliteStore::open(Path::new(path.trim_start_matches("//")), config.sqlite_sync)
-                    .await?,
+            Some(path) => (
+                Arc::new(
+                    SqliteStore::open(Path::new(path.trim_start_matches("//")), config.sqlite_sync)
+                        .await?,
+                ),
+                None,
             ),
             None => return Err(StartError::DatabaseUrl(url.to_owned())),
         },
@@ -419,6 +438,7 @@ pub async fn start(config: KernelConfig) -> Result<Running, StartError> {
         auth: Auth::new(&admin_secret),
         services: Services::new(paths),
         dispatcher: Dispatcher::new(config.llm_env.clone()),
+        cluster,
         watcher: Mutex::new(None),
         node_id,
         store,
@@ -449,6 +469,16 @@ pub async fn start(config: KernelConfig) -> Result<Running, StartError> {
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
     kernel.services.set_api_url(format!("http://{addr}"));
+    if kernel.cluster.is_some() {
+        let url = kernel
+            .config
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        crate::cluster::Cluster::join(&kernel, url)
+            .await
+            .map_err(|e| StartError::Cluster(e.to_string()))?;
+    }
     write_private(&home.join("api.url"), &format!("http://{addr}\n"), 0o644).map_err(|source| {
         StartError::Home {
             path: home.clone(),

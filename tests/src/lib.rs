@@ -16,9 +16,11 @@ pub mod llm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aos_kernel::KernelConfig;
+pub use aos_kernel::store::postgres::testing::TestDatabase;
 use aos_sdk::Client;
 use aos_sdk::protocol::{Envelope, ErrorBody, ErrorCode};
 use serde_json::Value;
@@ -151,11 +153,54 @@ pub struct Setup {
     pub config: KernelConfig,
     /// Keeps the temporary directory alive.
     pub dir: tempfile::TempDir,
+    /// The test's own PostgreSQL database, when the suite runs on PostgreSQL; dropped
+    /// with the setup.
+    pub database: Option<Arc<TestDatabase>>,
+}
+
+/// The store backend in-process test kernels use: `AOS_TEST_BACKEND=postgres` runs
+/// them on a fresh PostgreSQL database each (`AOS_TEST_POSTGRES_URL`, default
+/// `postgres://postgres@127.0.0.1:5432/test`, is where databases are created);
+/// anything else, or nothing, on SQLite under the test's home.
+pub fn postgres_backend() -> bool {
+    match std::env::var("AOS_TEST_BACKEND").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("AOS_TEST_BACKEND is `{other}`: use `sqlite` or `postgres`"),
+    }
+}
+
+/// A fresh PostgreSQL database for one test, dropped when the last reference goes.
+/// Creating it needs a runtime of its own: tests call this from sync and async code.
+pub fn test_database() -> Arc<TestDatabase> {
+    let created = std::thread::spawn(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(TestDatabase::create())
+    })
+    .join()
+    .expect("creating the test database panicked");
+    Arc::new(created.unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// The store a (stopped) test kernel uses, opened directly: for tests that write
+/// states only a crash could leave behind.
+pub async fn open_store(config: &KernelConfig) -> Arc<dyn aos_kernel::store::Store> {
+    let url = config
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite:{}", config.home.join("aos.db").display()));
+    aos_kernel::store::open_url(&url, aos_kernel::store::sqlite::SyncMode::Normal)
+        .await
+        .unwrap_or_else(|e| panic!("opening the store at {url}: {e}"))
 }
 
 impl Setup {
     /// A kernel on a fresh temporary home with a copy of the repository's skills and
-    /// the repository's `aoscb.json`.
+    /// the repository's `aoscb.json` (and a fresh database when the suite runs on
+    /// PostgreSQL, see [`postgres_backend`]).
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let skills = copy_repo_skills(dir.path());
@@ -163,7 +208,13 @@ impl Setup {
         config.port = 0;
         config.system_file = Some(repo_root().join("aoscb.json"));
         config.service_bin_dirs = vec![bin_dir()];
-        Self { config, dir }
+        let database = postgres_backend().then(test_database);
+        config.database_url = database.as_ref().map(|d| d.url.clone());
+        Self {
+            config,
+            dir,
+            database,
+        }
     }
 
     pub fn skills(&self) -> PathBuf {
@@ -189,6 +240,7 @@ pub struct TestKernel {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     dir: Option<tempfile::TempDir>,
+    database: Option<Arc<TestDatabase>>,
 }
 
 impl TestKernel {
@@ -197,7 +249,11 @@ impl TestKernel {
     }
 
     pub fn start_with(setup: Setup) -> Self {
-        let Setup { config, dir } = setup;
+        let Setup {
+            config,
+            dir,
+            database,
+        } = setup;
         let home = config.home.clone();
         let skills = config.skill_root.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -247,6 +303,7 @@ impl TestKernel {
             stop: Some(stop_tx),
             thread: Some(thread),
             dir: Some(dir),
+            database,
         }
     }
 
@@ -263,9 +320,11 @@ impl TestKernel {
         config.port = 0;
         config.system_file = Some(repo_root().join("aoscb.json"));
         config.service_bin_dirs = vec![bin_dir()];
+        config.database_url = self.database.as_ref().map(|d| d.url.clone());
         Setup {
             config,
             dir: self.dir.take().unwrap(),
+            database: self.database.take(),
         }
     }
 
@@ -374,10 +433,13 @@ impl SpawnedKernel {
             .spawn()
             .expect("spawn aos up");
         let url = wait_for_url(&home, Duration::from_secs(30), dir);
-        let token = std::fs::read_to_string(home.join("admin.token"))
-            .unwrap()
-            .trim()
-            .to_owned();
+        let token = match env.iter().find(|(key, _)| *key == "AOS_API_TOKEN") {
+            Some((_, token)) => (*token).to_owned(),
+            None => std::fs::read_to_string(home.join("admin.token"))
+                .unwrap()
+                .trim()
+                .to_owned(),
+        };
         Self {
             child,
             admin: Api::new(&url, Some(token)),

@@ -65,6 +65,49 @@ async fn snapshot(api: &Api, content_ids: &[String]) -> Value {
     })
 }
 
+/// Agents, sessions with text and bash parts, content blobs and an archived agent;
+/// returns the content ids.
+async fn populate(api: &Api) -> Vec<String> {
+    let mut content_ids = Vec::new();
+    for a in 0..3 {
+        let agent = api
+            .ok(
+                "agent.create",
+                json!({"displayName": format!("agent {a}"), "metadata": {"n": a}}),
+            )
+            .await;
+        for s in 0..2 {
+            let session = api
+                .ok(
+                    "session.create",
+                    json!({"agentId": agent["agentId"], "title": format!("s{s} ünïcødé 🚀")}),
+                )
+                .await;
+            let id = session["sessionId"].as_str().unwrap();
+            for m in 0..5 {
+                api.ok(
+                    "session.append",
+                    json!({"sessionId": id, "message": {"role": "assistant", "parts": [
+                        {"type": "text", "text": format!("message {m}\n\twith \"quotes\" and \\ backslashes")},
+                        {"type": "bash", "toolCallId": format!("call_{m}"), "state": "output-available", "command": "echo hi",
+                         "output": {"visibleResult": "hi\n", "exitCode": 0}}
+                    ]}}),
+                )
+                .await;
+            }
+            let blob = format!("{}\nend without newline", "x".repeat(10_000));
+            let content = api
+                .ok("content.put", json!({"sessionId": id, "content": blob}))
+                .await;
+            content_ids.push(content["contentId"].as_str().unwrap().to_owned());
+        }
+    }
+    let archived = api.ok("agent.create", json!({})).await;
+    api.ok("agent.archive", json!({"agentId": archived["agentId"]}))
+        .await;
+    content_ids
+}
+
 #[test]
 fn a_restart_keeps_every_agent_session_message_and_blob_byte_for_byte() {
     let dir = workdir();
@@ -74,37 +117,82 @@ fn a_restart_keeps_every_agent_session_message_and_blob_byte_for_byte() {
         let kernel = SpawnedKernel::start(dir.path());
         rt.block_on(async {
             let api = &kernel.admin;
-            for a in 0..3 {
-                let agent = api.ok("agent.create", json!({"displayName": format!("agent {a}"), "metadata": {"n": a}})).await;
-                for s in 0..2 {
-                    let session = api
-                        .ok("session.create", json!({"agentId": agent["agentId"], "title": format!("s{s} ünïcødé 🚀")}))
-                        .await;
-                    let id = session["sessionId"].as_str().unwrap();
-                    for m in 0..5 {
-                        api.ok(
-                            "session.append",
-                            json!({"sessionId": id, "message": {"role": "assistant", "parts": [
-                                {"type": "text", "text": format!("message {m}\n\twith \"quotes\" and \\ backslashes")},
-                                {"type": "bash", "toolCallId": format!("call_{m}"), "state": "output-available", "command": "echo hi",
-                                 "output": {"visibleResult": "hi\n", "exitCode": 0}}
-                            ]}}),
-                        )
-                        .await;
-                    }
-                    let blob = format!("{}\nend without newline", "x".repeat(10_000));
-                    let content = api.ok("content.put", json!({"sessionId": id, "content": blob})).await;
-                    content_ids.push(content["contentId"].as_str().unwrap().to_owned());
-                }
-            }
-            let archived = api.ok("agent.create", json!({})).await;
-            api.ok("agent.archive", json!({"agentId": archived["agentId"]})).await;
+            content_ids = populate(api).await;
             snapshot(api, &content_ids).await
         })
     };
     let kernel = SpawnedKernel::start(dir.path());
     let after = rt.block_on(snapshot(&kernel.admin, &content_ids));
     assert_eq!(before, after);
+}
+
+#[test]
+fn aos_migrate_moves_a_sqlite_home_to_postgresql_and_every_query_answers_the_same() {
+    let dir = workdir();
+    let rt = runtime();
+    let mut content_ids = Vec::new();
+    let (before, log_before, dispatches_before) = {
+        let kernel = SpawnedKernel::start(dir.path());
+        rt.block_on(async {
+            let api = &kernel.admin;
+            content_ids = populate(api).await;
+            let log = api
+                .ok("log.list", json!({"limit": 1000, "op": "session.append"}))
+                .await;
+            let dispatches = api.ok("dispatch.list", json!({"limit": 1000})).await;
+            (snapshot(api, &content_ids).await, log, dispatches)
+        })
+    };
+    let database = aos_tests::test_database();
+    // The daemon is stopped (dropped); `aos migrate` copies its home.
+    let migrated = aos_command(dir.path())
+        .args(["migrate", "--to", &database.url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&migrated.stdout);
+    assert!(
+        migrated.status.success(),
+        "aos migrate failed: {stdout}{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    assert!(
+        stdout.contains("history"),
+        "the report lists the tables: {stdout}"
+    );
+    // A second copy into the same database is refused, and says why.
+    let again = aos_command(dir.path())
+        .args(["migrate", "--to", &database.url])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let refused = String::from_utf8_lossy(&again.stderr);
+    assert!(refused.contains("not empty"), "{refused}");
+
+    // The same home on PostgreSQL (a fresh node id is fine: nothing is leased).
+    std::fs::remove_file(dir.path().join(".aos").join("aos.db")).unwrap();
+    let kernel = SpawnedKernel::start_with_env(
+        dir.path(),
+        &[],
+        &[("AOS_DATABASE_URL", database.url.as_str())],
+    );
+    rt.block_on(async {
+        let api = &kernel.admin;
+        let nodes = api.ok("system.nodes.list", json!({})).await;
+        assert_eq!(nodes["backend"], "postgres");
+        assert_eq!(snapshot(api, &content_ids).await, before);
+        assert_eq!(
+            api.ok("log.list", json!({"limit": 1000, "op": "session.append"})).await,
+            log_before
+        );
+        assert_eq!(api.ok("dispatch.list", json!({"limit": 1000})).await, dispatches_before);
+        // Seqs go on from where they were.
+        let sessions = api.ok("session.list", json!({"limit": 1})).await;
+        let session = &sessions["items"][0];
+        let next = api
+            .ok("session.append", json!({"sessionId": session["sessionId"], "message": {"role": "user", "parts": [{"type": "text", "text": "after the move"}]}}))
+            .await;
+        assert_eq!(next["seq"].as_u64().unwrap(), session["lastSeq"].as_u64().unwrap() + 1);
+    });
 }
 
 #[test]

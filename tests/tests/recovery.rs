@@ -5,8 +5,7 @@
 // Test code: an unwrap that fails is a test failure, reported with its location.
 #![allow(clippy::unwrap_used)]
 
-use aos_kernel::store::sqlite::{SqliteStore, SyncMode};
-use aos_kernel::store::{NewMessage, Store};
+use aos_kernel::store::NewMessage;
 use aos_sdk::protocol::{
     BootstrapPhase, Lease, Message, Origin, Part, PartBody, Role, SessionCb, SessionPhase,
     SessionStatus, Timestamp,
@@ -42,9 +41,7 @@ async fn unfinished_bootstraps_complete_and_stale_leases_are_released() {
     let setup = kernel.stop();
 
     // Simulate a crash: write states a dying kernel could leave behind.
-    let store = SqliteStore::open(&setup.config.home.join("aos.db"), SyncMode::Normal)
-        .await
-        .unwrap();
+    let store = aos_tests::open_store(&setup.config).await;
     store
         .insert_session(&session(
             "ses_halfboot",

@@ -126,6 +126,18 @@ enum Command {
     Events(client_cmds::EventsArgs),
     /// Show RuntimeLog entries.
     Log(client_cmds::LogArgs),
+    /// Copy a stopped SQLite home into PostgreSQL and verify the copy (no daemon
+    /// needed; stop the daemon first).
+    Migrate {
+        /// The SQLite database: `sqlite:<path>` or a path (default
+        /// `sqlite:$AOS_HOME/aos.db`).
+        #[arg(long)]
+        from: Option<String>,
+        /// The PostgreSQL database: `postgres://[user@]host[:port]/database`. It must
+        /// hold no agents or sessions yet.
+        #[arg(long)]
+        to: String,
+    },
     /// Print the version as JSON.
     Version,
 }
@@ -170,6 +182,7 @@ pub fn main(shutdown: ShutdownSignal) -> ExitCode {
             output::hooks(markdown);
             ExitCode::SUCCESS
         }
+        Command::Migrate { from, to } => migrate(&cli.global, from, &to),
         Command::Version => {
             say!(
                 "{}",
@@ -213,8 +226,54 @@ fn command_into(command: Command) -> client_cmds::ClientCommand {
         Command::Run(args) => C::Run(args),
         Command::Chat(args) => C::Chat(args),
         Command::Log(args) => C::Log(args),
-        Command::Up(_) | Command::Syscalls { .. } | Command::Hooks { .. } | Command::Version => {
-            C::Status
+        Command::Up(_)
+        | Command::Syscalls { .. }
+        | Command::Hooks { .. }
+        | Command::Migrate { .. }
+        | Command::Version => C::Status,
+    }
+}
+
+/// `aos migrate`: copies the SQLite database into PostgreSQL and prints the verified
+/// row counts.
+fn migrate(global: &Global, from: Option<String>, to: &str) -> ExitCode {
+    let path = match from {
+        Some(from) => std::path::PathBuf::from(
+            from.strip_prefix("sqlite:")
+                .map(|p| p.trim_start_matches("//"))
+                .unwrap_or(&from),
+        ),
+        None => global.home.join("aos.db"),
+    };
+    if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+        eprintln!(
+            "aos migrate: --to must be a PostgreSQL URL (postgres://[user@]host[:port]/database), not `{to}`"
+        );
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("aos: cannot start the async runtime: {error}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(crate::store::migrate::copy_sqlite_to_postgres(&path, to)) {
+        Ok(report) => {
+            say!("{report}");
+            say!(
+                "copied {} into {}: every table's row count matches",
+                path.display(),
+                crate::store::postgres::redact_url(to)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("aos migrate: {error}");
+            ExitCode::FAILURE
         }
     }
 }

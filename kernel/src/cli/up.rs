@@ -47,6 +47,14 @@ pub struct UpArgs {
     /// Database URL (default sqlite:$AOS_HOME/aos.db).
     #[arg(long, env = "AOS_DATABASE_URL")]
     database_url: Option<String>,
+    /// Session lease lifetime in milliseconds (at least 1500). With several nodes, a
+    /// dead node's sessions move to the others this long after its last renewal.
+    #[arg(long, env = "AOS_LEASE_TTL_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1500..=3_600_000))]
+    lease_ttl_ms: u64,
+    /// The URL other nodes reach this node's API at (several nodes on one PostgreSQL;
+    /// default http://<bind>:<port>).
+    #[arg(long, env = "AOS_ADVERTISE_URL")]
+    advertise_url: Option<String>,
     /// SQLite durability: `normal` survives process crashes, `full` also power loss.
     #[arg(long, env = "AOS_SQLITE_SYNC", value_enum, default_value = "normal")]
     sqlite_sync: Sync,
@@ -94,6 +102,8 @@ pub fn run(global: &Global, args: UpArgs, shutdown: ShutdownSignal) -> ExitCode 
     config.admin_token = global.token.clone();
     config.system_file = system_file;
     config.database_url = args.database_url;
+    config.lease_ttl = std::time::Duration::from_millis(args.lease_ttl_ms);
+    config.advertise_url = args.advertise_url;
     config.llm_env = match (args.llm_base_url, args.llm_model) {
         (Some(base_url), Some(model)) => Some(crate::react::llm::EnvProvider {
             base_url,

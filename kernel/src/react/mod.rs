@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use aos_sdk::protocol::{
     AgentCb, Dispatch, DispatchStarted, DispatchStatus, ErrorCode, GateWait, Lease, Origin,
-    SessionCb, SessionPhase, SessionStatus, SystemCb, Timestamp, Usage,
+    QueuedRequest, SessionCb, SessionPhase, SessionStatus, SystemCb, Timestamp, Usage,
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -33,9 +33,6 @@ use crate::kernel::Kernel;
 use crate::syscall::SyscallError;
 pub use stream::DispatchStream;
 
-/// Lease lifetime; a running dispatch renews it every [`LEASE_RENEW`].
-pub const LEASE_TTL: Duration = Duration::from_secs(60);
-pub const LEASE_RENEW: Duration = Duration::from_secs(20);
 /// Finished dispatch streams kept for late readers.
 const KEPT_STREAMS: usize = 512;
 
@@ -250,6 +247,7 @@ impl Dispatcher {
         if let Some(position) = position {
             let mut record = work.dispatch.clone();
             record.status = DispatchStatus::Queued;
+            record.node = Some(kernel.node_id.clone());
             kernel.store.insert_dispatch(&record).await?;
             self.new_stream(&dispatch_id);
             return Ok(DispatchStarted {
@@ -264,6 +262,15 @@ impl Dispatcher {
             Ok(lease) => lease,
             Err(error) => {
                 self.forget(&session_id, &dispatch_id);
+                // Another node runs the session: wait for it in the database, or say
+                // which dispatch is running, as that node itself would.
+                if error.code == ErrorCode::SessionBusy && kernel.cluster.is_some() {
+                    return if queue {
+                        self.queue_in_database(kernel, work).await
+                    } else {
+                        Err(busy_elsewhere(kernel, &session_id, error).await)
+                    };
+                }
                 return Err(error);
             }
         };
@@ -290,6 +297,127 @@ impl Dispatcher {
                 self.forget(&session_id, &dispatch_id);
                 Err(error)
             }
+        }
+    }
+
+    /// Queues a dispatch for a session another node runs: the record keeps the
+    /// request, and whichever node next holds the lease runs it. The holder looks for
+    /// such records after each dispatch and again after releasing the lease; this node
+    /// tries to take the lease after writing the record. One of the two always sees
+    /// the other's step, so the dispatch cannot be left behind.
+    async fn queue_in_database(
+        &self,
+        kernel: &Arc<Kernel>,
+        work: Work,
+    ) -> Result<DispatchStarted, SyscallError> {
+        let mut record = work.dispatch;
+        record.status = DispatchStatus::Queued;
+        record.node = None;
+        record.request = Some(QueuedRequest {
+            content: work.content,
+            origin: work.origin,
+            deadline_ms: work.deadline.as_millis() as u64,
+        });
+        kernel.store.insert_dispatch(&record).await?;
+        self.kick(kernel, &record.session_id).await;
+        Ok(DispatchStarted {
+            dispatch_id: record.dispatch_id,
+            session_id: record.session_id,
+            status: DispatchStatus::Queued,
+            user_message_seq: None,
+            queue_position: None,
+        })
+    }
+
+    /// Runs the dispatches waiting in the database for `session_id`, if there are any
+    /// and its lease is free.
+    pub(crate) async fn kick(&self, kernel: &Arc<Kernel>, session_id: &str) {
+        let Some((lease, work)) = self.take_waiting(kernel, session_id).await else {
+            return;
+        };
+        let agent_id = work.dispatch.agent_id.clone();
+        match run::start_queued(kernel, &agent_id, session_id, Some(work)).await {
+            Some(run) => {
+                kernel.tasks.spawn(run::session_loop(
+                    kernel.clone(),
+                    agent_id,
+                    session_id.to_owned(),
+                    lease,
+                    run,
+                ));
+            }
+            None => {
+                release_lease(kernel, session_id, &lease.id).await;
+                self.finish_session(session_id);
+            }
+        }
+    }
+
+    /// Takes the lease of a session with dispatches waiting in the database (this node
+    /// running nothing on it) and moves them into its run queue; returns the lease and
+    /// the first of them, marked running.
+    pub(crate) async fn take_waiting(
+        &self,
+        kernel: &Arc<Kernel>,
+        session_id: &str,
+    ) -> Option<(Lease, Work)> {
+        kernel.cluster.as_ref()?;
+        if waiting_in_database(kernel, session_id).await.is_empty() {
+            return None;
+        }
+        {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let runs = sessions.entry(session_id.to_owned()).or_default();
+            if runs.running.is_some() {
+                return None;
+            }
+            runs.running = Some(Active {
+                dispatch_id: TAKING.to_owned(),
+                stopper: Stopper::default(),
+            });
+        }
+        let Ok(lease) = take_lease(kernel, session_id).await else {
+            self.forget(session_id, TAKING);
+            return None;
+        };
+        self.adopt_waiting(kernel, session_id).await;
+        match self.next_queued(session_id) {
+            Some(work) => Some((lease, work)),
+            None => {
+                release_lease(kernel, session_id, &lease.id).await;
+                self.forget(session_id, TAKING);
+                None
+            }
+        }
+    }
+
+    /// Moves the dispatches waiting in the database for a session whose lease this
+    /// node holds into its run queue, oldest first.
+    pub(crate) async fn adopt_waiting(&self, kernel: &Arc<Kernel>, session_id: &str) {
+        for mut record in waiting_in_database(kernel, session_id).await {
+            let Some(request) = record.request.take() else {
+                continue;
+            };
+            record.node = Some(kernel.node_id.clone());
+            if let Err(error) = kernel.store.save_dispatch(&record).await {
+                tracing::error!(dispatch_id = %record.dispatch_id, %error, "taking a queued dispatch failed");
+                continue;
+            }
+            if self.stream(&record.dispatch_id).is_none() {
+                self.new_stream(&record.dispatch_id);
+            }
+            let work = Work {
+                dispatch: record,
+                content: request.content,
+                origin: request.origin,
+                deadline: Duration::from_millis(request.deadline_ms),
+            };
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            sessions
+                .entry(session_id.to_owned())
+                .or_default()
+                .queue
+                .push_back(work);
         }
     }
 
@@ -322,6 +450,8 @@ impl Dispatcher {
         // A queued dispatch has its record already; one that runs at once does not.
         let queued = record.status == DispatchStatus::Queued;
         record.status = DispatchStatus::Running;
+        record.node = Some(kernel.node_id.clone());
+        record.request = None;
         let now = Timestamp::now();
         record.started_at = Some(now);
         record.deadline_at = Some(now.plus_millis(work.deadline.as_millis() as i64));
@@ -486,6 +616,68 @@ impl Dispatcher {
     }
 }
 
+/// The running-slot marker while this node takes a lease for waiting dispatches.
+const TAKING: &str = "(taking the lease)";
+
+/// Dispatches of a session waiting in the database for a node, oldest first.
+async fn waiting_in_database(kernel: &Kernel, session_id: &str) -> Vec<Dispatch> {
+    let page = kernel
+        .store
+        .list_dispatches(
+            Some(session_id),
+            Some(DispatchStatus::Queued),
+            &crate::store::ListQuery {
+                after: None,
+                limit: 500,
+            },
+        )
+        .await;
+    match page {
+        Ok(page) => {
+            let mut waiting: Vec<Dispatch> =
+                page.into_iter().filter(|d| d.request.is_some()).collect();
+            waiting
+                .sort_by(|a, b| (a.queued_at, &a.dispatch_id).cmp(&(b.queued_at, &b.dispatch_id)));
+            waiting
+        }
+        Err(error) => {
+            tracing::error!(%session_id, %error, "reading queued dispatches failed");
+            Vec::new()
+        }
+    }
+}
+
+/// `session.busy` for a session another node runs, naming its running dispatch.
+async fn busy_elsewhere(kernel: &Kernel, session_id: &str, error: SyscallError) -> SyscallError {
+    let running = kernel
+        .store
+        .list_dispatches(
+            Some(session_id),
+            Some(DispatchStatus::Running),
+            &crate::store::ListQuery {
+                after: None,
+                limit: 10,
+            },
+        )
+        .await
+        .ok()
+        .and_then(|page| page.into_iter().last());
+    match running {
+        Some(dispatch) => {
+            let node = dispatch.node.unwrap_or_default();
+            SyscallError::new(
+                ErrorCode::SessionBusy,
+                format!(
+                    "session `{session_id}` is running dispatch `{}` on node {node}; pass `ifBusy: queue` to run after it, or interrupt it",
+                    dispatch.dispatch_id
+                ),
+            )
+            .with_details(json!({"sessionId": session_id, "dispatchId": dispatch.dispatch_id, "node": node}))
+        }
+        None => error,
+    }
+}
+
 fn busy(session_id: &str, dispatch_id: &str) -> SyscallError {
     SyscallError::new(
         ErrorCode::SessionBusy,
@@ -502,7 +694,7 @@ pub async fn take_lease(kernel: &Kernel, session_id: &str) -> Result<Lease, Sysc
     let lease = Lease {
         id: new_id("lse_"),
         holder: kernel.node_id.clone(),
-        expires_at: Timestamp::now().plus_millis(LEASE_TTL.as_millis() as i64),
+        expires_at: Timestamp::now().plus_millis(kernel.config.lease_ttl.as_millis() as i64),
     };
     let now = Timestamp::now();
     kernel
@@ -547,7 +739,7 @@ pub async fn renew_lease(
     session_id: &str,
     lease_id: &str,
 ) -> Result<(), SyscallError> {
-    let expires = Timestamp::now().plus_millis(LEASE_TTL.as_millis() as i64);
+    let expires = Timestamp::now().plus_millis(kernel.config.lease_ttl.as_millis() as i64);
     kernel
         .update_session(session_id, |s| match &mut s.lease {
             Some(lease) if lease.id == lease_id => {
@@ -601,6 +793,8 @@ pub(crate) fn new_record(session: &SessionCb, priority: i32) -> Dispatch {
         final_message_seq: None,
         waiting: None,
         timing: Default::default(),
+        node: None,
+        request: None,
     }
 }
 

@@ -81,6 +81,10 @@ pub(super) async fn session_loop(
         while let Some(mut run) = next.take() {
             *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(run.stopper.clone());
             let outcome = execute(&kernel, &agent_id, &session_id, &mut run).await;
+            if kernel.cluster.is_some() {
+                // Dispatches other nodes queued for this session run here, in turn.
+                kernel.dispatcher.adopt_waiting(&kernel, &session_id).await;
+            }
             let queued = kernel.dispatcher.next_queued(&session_id);
             if queued.is_none() {
                 // The lease goes back in the same group commit as the dispatch's end.
@@ -121,6 +125,19 @@ pub(super) async fn session_loop(
             end.announce(&kernel, &agent_id, &session_id);
         }
         let Some(work) = more else {
+            // Another node may have queued a dispatch in the database just before the
+            // lease went back; after releasing, look once more.
+            if let Some((taken, work)) = kernel.dispatcher.take_waiting(&kernel, &session_id).await
+            {
+                lease = taken;
+                next = start_queued(&kernel, &agent_id, &session_id, Some(work)).await;
+                if next.is_none() {
+                    release_lease(&kernel, &session_id, &lease.id).await;
+                    kernel.dispatcher.finish_session(&session_id);
+                    return;
+                }
+                continue;
+            }
             return;
         };
         match take_lease(&kernel, &session_id).await {
@@ -136,7 +153,7 @@ pub(super) async fn session_loop(
     }
 }
 
-/// Renews the lease every [`super::LEASE_RENEW`]; stops the running dispatch if the
+/// Renews the lease every third of its lifetime; stops the running dispatch if the
 /// lease was lost. Cancel the returned token to stop renewing.
 fn renew_while_running(
     kernel: &Arc<Kernel>,
@@ -155,7 +172,7 @@ fn renew_while_running(
         loop {
             tokio::select! {
                 () = done.cancelled() => return,
-                () = tokio::time::sleep(super::LEASE_RENEW) => {}
+                () = tokio::time::sleep(kernel.config.lease_renew()) => {}
             }
             if let Err(error) = renew_lease(&kernel, &session_id, &lease_id).await {
                 tracing::error!(%session_id, %error, "lost the session lease; stopping its dispatch");
@@ -171,7 +188,7 @@ fn renew_while_running(
 
 /// Begins the next queued dispatch; work that cannot begin is failed and the next
 /// one tried.
-async fn start_queued(
+pub(super) async fn start_queued(
     kernel: &Arc<Kernel>,
     agent_id: &str,
     session_id: &str,

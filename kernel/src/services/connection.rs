@@ -547,6 +547,7 @@ mod tests {
             agent_id: agent.map(Into::into),
             session_id: session.map(Into::into),
             payload: json!({}),
+            node: None,
         };
         let agent = Owner::Agent {
             agent_id: "agt_1".into(),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use aos_sdk::protocol::{
     AgentCb, AgentStatus, ContentInfo, Dispatch, DispatchStatus, LogEntry, Origin, PartBody,
-    SessionPhase, SessionStatus, SkillDefaultRule, SystemCb, Timestamp, Toggle, TokenInfo,
-    TokenScope, Usage,
+    QueuedRequest, SessionPhase, SessionStatus, SkillDefaultRule, SystemCb, Timestamp, Toggle,
+    TokenInfo, TokenScope, Usage,
 };
 
 use super::{ContentRecord, HistoryQuery, ListQuery, LogQuery, Store, StoreError, TokenRecord};
@@ -469,6 +469,12 @@ pub async fn dispatches_round_trip(store: Arc<dyn Store>) {
         final_message_seq: None,
         waiting: None,
         timing: Default::default(),
+        node: Some("node_a".into()),
+        request: Some(QueuedRequest {
+            content: "run this later".into(),
+            origin: Origin::Skill("aos-cron".into()),
+            deadline_ms: 60_000,
+        }),
     };
     store.insert_dispatch(&dispatch).await.unwrap();
     dispatch.status = DispatchStatus::Done;

@@ -2,14 +2,29 @@
 //! content blobs, the RuntimeLog, dispatch records and tokens.
 //!
 //! [`Store`] speaks in domain operations, not SQL, so each backend can make every
-//! operation atomic in its own way. SQLite ([`sqlite::SqliteStore`]) is the embedded
-//! default; a PostgreSQL backend implements the same trait and passes the same tests
-//! (`store::conformance`).
+//! operation atomic in its own way. Two backends implement it and pass the same tests
+//! (`store::conformance`):
+//!
+//! - SQLite ([`sqlite::SqliteStore`]), the embedded default: one file under
+//!   `$AOS_HOME` written by one kernel, which may therefore cache control blocks and
+//!   group commits;
+//! - PostgreSQL ([`postgres::PgStore`]), one database shared by several kernels: no
+//!   cache, every write a statement whose row locks order it against other processes.
+//!
+//! Both use the same tables and columns (`migrations/<backend>/`, decoded by `codec`),
+//! so [`migrate::copy_sqlite_to_postgres`] moves an installation table by table.
+//! [`open_url`] picks the backend from a URL.
 
+mod codec;
 #[cfg(test)]
 pub mod conformance;
 pub mod conformance_fixtures;
+pub mod migrate;
+pub mod postgres;
 pub mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
 
 use aos_sdk::protocol::{
     AgentCb, AgentStatus, ContentInfo, Dispatch, DispatchStatus, LogEntry, Message, Origin, Part,
@@ -222,4 +237,87 @@ pub trait Store: Send + Sync + 'static {
     async fn list_tokens(&self) -> StoreResult<Vec<TokenInfo>>;
     /// Marks a token revoked; returns false when it was unknown or already revoked.
     async fn revoke_token(&self, token_id: &str, at: Timestamp) -> StoreResult<bool>;
+}
+
+/// Opens the store a URL names: `postgres://…` or `postgresql://…` opens a
+/// [`postgres::PgStore`]; `sqlite:<path>` or `sqlite://<path>` opens a
+/// [`sqlite::SqliteStore`] at that path (relative paths are relative to the working
+/// directory; `sqlite:///abs/path` is absolute) with `sqlite_sync`. Either runs pending
+/// migrations.
+pub async fn open_url(url: &str, sqlite_sync: sqlite::SyncMode) -> StoreResult<Arc<dyn Store>> {
+    // ASCII lowercasing keeps byte offsets, so the prefix lengths below index `url`.
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+        return Ok(Arc::new(postgres::PgStore::open(url).await?));
+    }
+    if lower.starts_with("sqlite:") {
+        let rest = &url["sqlite:".len()..];
+        let path = rest.strip_prefix("//").unwrap_or(rest);
+        if path.is_empty() {
+            return Err(StoreError::Open {
+                url: url.to_owned(),
+                message: "the SQLite URL names no file: expected `sqlite:<path>` or \
+                          `sqlite://<path>`"
+                    .into(),
+            });
+        }
+        return Ok(Arc::new(
+            sqlite::SqliteStore::open(Path::new(path), sqlite_sync).await?,
+        ));
+    }
+    Err(StoreError::Open {
+        url: postgres::redact_url(url),
+        message: "unknown kind of store URL: expected `postgres://…`, `postgresql://…`, \
+                  `sqlite:<path>` or `sqlite://<path>`"
+            .into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_store_url_picks_its_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aos.db");
+        for url in [
+            format!("sqlite:{}", path.display()),
+            format!("sqlite://{}", path.display()),
+        ] {
+            let store = open_url(&url, sqlite::SyncMode::Normal).await.unwrap();
+            assert_eq!(store.backend(), "sqlite", "{url}");
+            store.close().await;
+        }
+        assert!(path.is_file());
+
+        let db = postgres::testing::TestDatabase::create()
+            .await
+            .unwrap_or_else(|message| panic!("{message}"));
+        let long = db.url.replacen("postgres://", "postgresql://", 1);
+        for url in [&db.url, &long] {
+            let store = open_url(url, sqlite::SyncMode::Normal).await.unwrap();
+            assert_eq!(store.backend(), "postgres", "{url}");
+            store.close().await;
+        }
+        db.drop_database().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unknown_store_url_names_what_is_accepted() {
+        for url in [
+            "mysql://u:pw@h/db",
+            "/var/lib/aos.db",
+            "sqlite:",
+            "sqlite://",
+        ] {
+            let Err(error) = open_url(url, sqlite::SyncMode::Normal).await else {
+                panic!("{url} opened");
+            };
+            let text = error.to_string();
+            assert!(matches!(error, StoreError::Open { .. }), "{text}");
+            assert!(text.contains("sqlite:<path>"), "{text}");
+            assert!(!text.contains("pw@"), "the password is not shown: {text}");
+        }
+    }
 }

@@ -17,26 +17,29 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aos_sdk::protocol::{
-    AgentCb, AgentStatus, ContentInfo, Dispatch, DispatchStatus, LogEntry, Message, Origin, Part,
-    Role, SessionCb, SessionPhase, SessionStatus, SystemCb, Timestamp, TokenInfo, TokenScope,
-    Usage,
+    AgentCb, AgentStatus, ContentInfo, Dispatch, DispatchStatus, LogEntry, Message, SessionCb,
+    SessionStatus, SystemCb, Timestamp, TokenInfo, Usage,
 };
 use async_trait::async_trait;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use sqlx::Sqlite;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 
+use super::codec::{
+    StoreRow, agent_from_row, content_info_from_row, cost_micros, from_json,
+    is_foreign_key_violation, is_unique_violation, limit, log_from_row, message_from_row,
+    phase_str, session_from_row, session_status_str, status_str, to_json, token_from_row,
+    usage_from_row,
+};
 use super::{
     AppendOutcome, ContentRecord, HistoryQuery, ListQuery, LogQuery, NewLogEntry, NewMessage,
     Store, StoreError, StoreResult, TokenRecord,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+/// The SQLite schema, applied at open.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// How hard SQLite works to survive power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -530,7 +533,7 @@ async fn add_usage(
     usage: &Usage,
     now: Timestamp,
 ) -> StoreResult<Written> {
-    let cost_micros = (usage.cost_usd * 1_000_000.0).round() as i64;
+    let cost_micros = cost_micros(usage);
     let session = sqlx::query(
         "UPDATE sessions SET prompt_tokens = prompt_tokens + ?1,
              completion_tokens = completion_tokens + ?2, cost_micros = cost_micros + ?3,
@@ -554,8 +557,8 @@ async fn add_usage(
             id: session_id.to_owned(),
         });
     };
-    let agent_id: String = col(&session, "agent_id")?;
-    let session_revision = u64_col(&session, "revision")?;
+    let agent_id = session.text("agent_id")?;
+    let session_revision = session.count("revision")?;
     let agent_revision: i64 = sqlx::query_scalar(
         "UPDATE agents SET prompt_tokens = prompt_tokens + ?1,
              completion_tokens = completion_tokens + ?2, cost_micros = cost_micros + ?3,
@@ -615,8 +618,8 @@ async fn insert_message(
     })?;
     if let Some(row) = appended {
         return Ok(AppendOutcome {
-            seq: u64_col(&row, "seq")?,
-            session_revision: u64_col(&row, "session_revision")?,
+            seq: row.count("seq")?,
+            session_revision: row.count("session_revision")?,
         });
     }
     let status: Option<String> =
@@ -685,172 +688,6 @@ fn classify(action: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     }
 }
 
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
-}
-
-fn to_json<T: Serialize>(what: &str, value: &T) -> StoreResult<String> {
-    serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
-        what: what.to_owned(),
-        message: format!("cannot encode: {e}"),
-    })
-}
-
-fn from_json<T: DeserializeOwned>(what: &str, id: &str, text: &str) -> StoreResult<T> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
-        what: format!("{what} `{id}`"),
-        message: e.to_string(),
-    })
-}
-
-fn col<'r, T>(row: &'r SqliteRow, name: &str) -> StoreResult<T>
-where
-    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
-{
-    row.try_get(name).map_err(|e| StoreError::Corrupt {
-        what: format!("column `{name}`"),
-        message: e.to_string(),
-    })
-}
-
-fn u64_col(row: &SqliteRow, name: &str) -> StoreResult<u64> {
-    Ok(col::<i64>(row, name)?.max(0) as u64)
-}
-
-fn usage_from_row(row: &SqliteRow) -> StoreResult<Usage> {
-    let prompt = u64_col(row, "prompt_tokens")?;
-    let completion = u64_col(row, "completion_tokens")?;
-    Ok(Usage {
-        prompt_tokens: prompt,
-        completion_tokens: completion,
-        total_tokens: prompt + completion,
-        cost_usd: col::<i64>(row, "cost_micros")? as f64 / 1_000_000.0,
-        turns: u64_col(row, "turns")?,
-        dispatches: u64_col(row, "dispatches")?,
-    })
-}
-
-fn agent_from_row(row: &SqliteRow) -> StoreResult<AgentCb> {
-    let id: String = col(row, "agent_id")?;
-    let mut agent: AgentCb = from_json("agent", &id, &col::<String>(row, "body")?)?;
-    agent.revision = u64_col(row, "revision")?;
-    agent.updated_at = Timestamp::from_millis(col(row, "updated_at")?);
-    agent.usage = usage_from_row(row)?;
-    Ok(agent)
-}
-
-fn session_from_row(row: &SqliteRow) -> StoreResult<SessionCb> {
-    let id: String = col(row, "session_id")?;
-    let mut session: SessionCb = from_json("session", &id, &col::<String>(row, "body")?)?;
-    session.revision = u64_col(row, "revision")?;
-    session.last_seq = u64_col(row, "last_seq")?;
-    session.updated_at = Timestamp::from_millis(col(row, "updated_at")?);
-    session.usage = usage_from_row(row)?;
-    Ok(session)
-}
-
-fn message_from_row(row: &SqliteRow) -> StoreResult<Message> {
-    let id: String = col(row, "message_id")?;
-    let role_text: String = col(row, "role")?;
-    let origin_text: String = col(row, "origin")?;
-    let corrupt = |message: String| StoreError::Corrupt {
-        what: format!("message `{id}`"),
-        message,
-    };
-    let role = Role::from_wire(&role_text).ok_or_else(|| corrupt(format!("role `{role_text}`")))?;
-    let origin =
-        Origin::parse(&origin_text).ok_or_else(|| corrupt(format!("origin `{origin_text}`")))?;
-    let parts: Vec<Part> = from_json("message parts", &id, &col::<String>(row, "parts")?)?;
-    Ok(Message {
-        session_id: col(row, "session_id")?,
-        seq: u64_col(row, "seq")?,
-        role,
-        origin,
-        parts,
-        dispatch_id: col(row, "dispatch_id")?,
-        created_at: Timestamp::from_millis(col(row, "created_at")?),
-        id,
-    })
-}
-
-fn content_info_from_row(row: &SqliteRow) -> StoreResult<ContentInfo> {
-    Ok(ContentInfo {
-        content_id: col(row, "content_id")?,
-        session_id: col(row, "session_id")?,
-        agent_id: col(row, "agent_id")?,
-        size_chars: u64_col(row, "size_chars")?,
-        line_count: u64_col(row, "line_count")?,
-        created_by: col(row, "created_by")?,
-        created_at: Timestamp::from_millis(col(row, "created_at")?),
-    })
-}
-
-fn log_from_row(row: &SqliteRow) -> StoreResult<LogEntry> {
-    let id: String = col(row, "log_id")?;
-    let targets: Option<String> = col(row, "targets")?;
-    let data: Option<String> = col(row, "data")?;
-    Ok(LogEntry {
-        seq: u64_col(row, "seq")?,
-        ts: Timestamp::from_millis(col(row, "ts")?),
-        caller: col(row, "caller")?,
-        op: col(row, "op")?,
-        agent_id: col(row, "agent_id")?,
-        session_id: col(row, "session_id")?,
-        outcome: col(row, "outcome")?,
-        duration_us: u64_col(row, "duration_us")?,
-        targets: targets
-            .map(|t| from_json("log targets", &id, &t))
-            .transpose()?,
-        data: data.map(|d| from_json("log data", &id, &d)).transpose()?,
-        id,
-    })
-}
-
-fn token_from_row(row: &SqliteRow) -> StoreResult<TokenRecord> {
-    let token_id: String = col(row, "token_id")?;
-    let scope: TokenScope = from_json("token scope", &token_id, &col::<String>(row, "scope")?)?;
-    Ok(TokenRecord {
-        secret_hash: col(row, "secret_hash")?,
-        info: TokenInfo {
-            scope,
-            label: col(row, "label")?,
-            created_by: col(row, "created_by")?,
-            created_at: Timestamp::from_millis(col(row, "created_at")?),
-            expires_at: col::<Option<i64>>(row, "expires_at")?.map(Timestamp::from_millis),
-            revoked_at: col::<Option<i64>>(row, "revoked_at")?.map(Timestamp::from_millis),
-            token_id,
-        },
-    })
-}
-
-fn status_str(status: AgentStatus) -> &'static str {
-    match status {
-        AgentStatus::Active => "active",
-        AgentStatus::Archived => "archived",
-    }
-}
-
-fn session_status_str(status: SessionStatus) -> &'static str {
-    match status {
-        SessionStatus::Initializing => "initializing",
-        SessionStatus::Ready => "ready",
-        SessionStatus::Archived => "archived",
-    }
-}
-
-fn phase_str(phase: SessionPhase) -> &'static str {
-    match phase {
-        SessionPhase::Bootstrapping => "bootstrapping",
-        SessionPhase::Idle => "idle",
-        SessionPhase::Dispatched => "dispatched",
-        SessionPhase::Compacting => "compacting",
-    }
-}
-
-fn limit(limit: u32) -> i64 {
-    i64::from(limit.clamp(1, 10_000))
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -879,9 +716,9 @@ impl Store for SqliteStore {
             .await
             .map_err(classify("loading the system control block"))?;
         row.map(|row| {
-            let mut system: SystemCb = from_json("system", "1", &col::<String>(&row, "body")?)?;
-            system.revision = u64_col(&row, "revision")?;
-            system.updated_at = Timestamp::from_millis(col(&row, "updated_at")?);
+            let mut system: SystemCb = from_json("system", "1", &row.text("body")?)?;
+            system.revision = row.count("revision")?;
+            system.updated_at = row.timestamp("updated_at")?;
             Ok(system)
         })
         .transpose()
@@ -1062,14 +899,10 @@ impl Store for SqliteStore {
                 kind: "session",
                 id: session.session_id.clone(),
             },
-            sqlx::Error::Database(db)
-                if db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation =>
-            {
-                StoreError::NotFound {
-                    kind: "agent",
-                    id: session.agent_id.clone(),
-                }
-            }
+            e2 if is_foreign_key_violation(e2) => StoreError::NotFound {
+                kind: "agent",
+                id: session.agent_id.clone(),
+            },
             _ => classify("creating a session")(e),
         })?;
         // The counters start at zero in the table whatever the block says.
@@ -1298,7 +1131,7 @@ impl Store for SqliteStore {
             .map(|row| {
                 Ok(ContentRecord {
                     info: content_info_from_row(&row)?,
-                    body: col(&row, "body")?,
+                    body: row.text("body")?,
                 })
             })
             .transpose()
@@ -1444,8 +1277,8 @@ impl Store for SqliteStore {
         .map_err(classify("listing dispatches"))?;
         rows.iter()
             .map(|row| {
-                let id: String = col(row, "dispatch_id")?;
-                from_json("dispatch", &id, &col::<String>(row, "body")?)
+                let id = row.text("dispatch_id")?;
+                from_json("dispatch", &id, &row.text("body")?)
             })
             .collect()
     }

@@ -652,6 +652,7 @@ mod tests {
         let expected = [
             "system.get",
             "system.update",
+            "system.nodes.list",
             "agent.create",
             "agent.get",
             "agent.list",

@@ -1,6 +1,6 @@
 //! `system.*`: the system control block.
 
-use aos_sdk::protocol::{NoParams, SystemCb, SystemUpdateParams};
+use aos_sdk::protocol::{NoParams, NodeInfo, SystemCb, SystemNodes, SystemUpdateParams};
 use serde_json::json;
 
 use super::validate::{self, Layer};
@@ -24,7 +24,42 @@ pub(super) fn ops() -> Vec<OpSpec> {
             "Change system-wide settings. Fields set in aoscb.json are re-applied at every start.",
             update,
         ),
+        op(
+            "system.nodes.list",
+            OpKind::Query,
+            Access::System,
+            "List the kernel nodes sharing this database, with their advertised URL, heartbeat and whether they are alive.",
+            nodes,
+        ),
     ]
+}
+
+async fn nodes(ctx: Ctx, _: NoParams) -> Result<Out<SystemNodes>, SyscallError> {
+    let kernel = &ctx.kernel;
+    let nodes = match &kernel.cluster {
+        Some(cluster) => cluster.nodes(kernel.config.lease_ttl).await.map_err(|e| {
+            SyscallError::new(
+                aos_sdk::protocol::ErrorCode::StorageUnavailable,
+                format!("reading the node list: {e}"),
+            )
+        })?,
+        None => {
+            let now = aos_sdk::protocol::Timestamp::now();
+            let started = now.plus_millis(-(kernel.started.elapsed().as_millis() as i64));
+            vec![NodeInfo {
+                node_id: kernel.node_id.clone(),
+                url: kernel.services.api_url(),
+                started_at: started,
+                heartbeat_at: now,
+                alive: true,
+            }]
+        }
+    };
+    Ok(Out::new(SystemNodes {
+        backend: kernel.store.backend().to_owned(),
+        node_id: kernel.node_id.clone(),
+        nodes,
+    }))
 }
 
 async fn get(ctx: Ctx, _: NoParams) -> Result<Out<SystemCb>, SyscallError> {

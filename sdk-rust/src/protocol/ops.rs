@@ -706,6 +706,31 @@ pub struct HistoryRef {
     pub history_part_id: Option<String>,
 }
 
+/// The kernel nodes sharing this database (`system.nodes.list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemNodes {
+    /// `sqlite` (one node) or `postgres` (any number).
+    pub backend: String,
+    /// The node that answered.
+    pub node_id: String,
+    /// Every node registered in the database (just this one on SQLite).
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// One kernel node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub node_id: String,
+    /// Where other nodes reach its API.
+    pub url: String,
+    pub started_at: super::Timestamp,
+    pub heartbeat_at: super::Timestamp,
+    /// Its heartbeat is younger than a lease lifetime.
+    pub alive: bool,
+}
+
 /// Summary of the daemon, from `GET /health`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

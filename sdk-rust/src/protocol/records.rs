@@ -597,6 +597,14 @@ impl DispatchStatus {
         }
     }
 
+    /// Done, interrupted or failed: it will not change again.
+    pub const fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            DispatchStatus::Done | DispatchStatus::Interrupted | DispatchStatus::Failed
+        )
+    }
+
     pub fn from_wire(text: &str) -> Option<Self> {
         match text {
             "queued" => Some(DispatchStatus::Queued),
@@ -646,6 +654,24 @@ pub struct Dispatch {
     /// Where its time went outside the kernel.
     #[serde(default)]
     pub timing: DispatchTiming,
+    /// The kernel node that runs (or ran) it. Unset while it waits in the database for
+    /// whichever node next holds its session's lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// What it will run, kept only while it waits in the database for another node
+    /// (several kernels on one PostgreSQL); cleared when a node takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<QueuedRequest>,
+}
+
+/// A queued dispatch's user message and limits, stored until a node runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuedRequest {
+    pub content: String,
+    /// Who asked (`human`, `agent`, `aos`, `skill:<name>`).
+    pub origin: Origin,
+    pub deadline_ms: u64,
 }
 
 /// Time a dispatch spent waiting on things outside the kernel, summed over its turns.
@@ -702,6 +728,9 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     pub payload: Value,
+    /// The kernel node where it happened; set when several nodes share one database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------
