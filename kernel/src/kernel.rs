@@ -609,7 +609,7 @@ async fn init_system(kernel: &Arc<Kernel>) -> Result<(), StartError> {
     match kernel.store.load_system().await? {
         None => {
             let now = Timestamp::now();
-            kernel
+            let inserted = kernel
                 .store
                 .insert_system(&SystemCb {
                     name,
@@ -626,7 +626,12 @@ async fn init_system(kernel: &Arc<Kernel>) -> Result<(), StartError> {
                     created_at: now,
                     updated_at: now,
                 })
-                .await?;
+                .await;
+            match inserted {
+                // Another node starting on the same fresh database made it first.
+                Ok(()) | Err(StoreError::Duplicate { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
         }
         Some(system) if system.name != name || system.skill_root != skill_root => {
             kernel

@@ -43,16 +43,34 @@ impl Cluster {
 
     /// Starts one more node: its own home and skills, the shared database and token.
     fn node(&mut self) -> SpawnedKernel {
-        let dir = tempfile::tempdir().unwrap();
-        copy_repo_skills(dir.path());
-        std::fs::copy(
-            repo_root().join("aoscb.json"),
-            dir.path().join("aoscb.json"),
-        )
-        .unwrap();
-        let kernel = start(dir.path(), &self.database.url);
-        self.dirs.push(dir);
-        kernel
+        self.nodes_at_once(1).pop().unwrap()
+    }
+
+    /// Starts `n` nodes at the same moment (on a fresh database they race to create
+    /// the schema and the system block).
+    fn nodes_at_once(&mut self, n: usize) -> Vec<SpawnedKernel> {
+        let dirs: Vec<tempfile::TempDir> = (0..n)
+            .map(|_| {
+                let dir = tempfile::tempdir().unwrap();
+                copy_repo_skills(dir.path());
+                std::fs::copy(
+                    repo_root().join("aoscb.json"),
+                    dir.path().join("aoscb.json"),
+                )
+                .unwrap();
+                dir
+            })
+            .collect();
+        let starts: Vec<_> = dirs
+            .iter()
+            .map(|dir| {
+                let (path, url) = (dir.path().to_owned(), self.database.url.clone());
+                std::thread::spawn(move || start(&path, &url))
+            })
+            .collect();
+        let kernels = starts.into_iter().map(|s| s.join().unwrap()).collect();
+        self.dirs.extend(dirs);
+        kernels
     }
 }
 
@@ -117,8 +135,8 @@ fn two_nodes_run_200_dispatches_without_overlap_gaps_or_losses() {
     llm.rule(|_| Reply::text("done here").into());
     llm.set_latency(Duration::from_millis(15));
     let mut cluster = Cluster::new();
-    let a = cluster.node();
-    let b = cluster.node();
+    let mut nodes = cluster.nodes_at_once(2);
+    let (b, a) = (nodes.pop().unwrap(), nodes.pop().unwrap());
     rt.block_on(async {
         configure(&a.admin, &llm).await;
         let agent = a.admin.ok("agent.create", json!({})).await["agentId"]
