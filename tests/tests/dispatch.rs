@@ -1038,3 +1038,49 @@ async fn usage_of_a_session_is_the_sum_of_its_dispatches() {
         sum[0]
     );
 }
+
+/// A transform hook that takes far longer than any deadline.
+#[derive(Debug)]
+struct Slow;
+
+#[async_trait]
+impl HookHandler for Slow {
+    async fn call(&self, _hook: &str, _input: &Value, _output: &Value) -> Result<Value, String> {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        Ok(json!({}))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deadline_also_stops_a_dispatch_while_its_context_is_assembled() {
+    let llm = ScriptedLlm::start();
+    llm.rule(|_| Reply::text("never asked").into());
+    let kernel = TestKernel::start();
+    configure(&kernel, &llm, "native").await;
+    let (_, session) = kernel.admin.agent_and_session().await;
+    kernel
+        .kernel
+        .hooks
+        .register(NewRegistration {
+            hook: "session.system.transform".into(),
+            skill: "slow".into(),
+            service_id: "svc_slow".into(),
+            owner: Owner::System,
+            priority: 0,
+            timeout: Duration::from_secs(30),
+            interactive: false,
+            handler: Arc::new(Slow),
+        })
+        .unwrap();
+    let started = std::time::Instant::now();
+    let events = dispatch_with(&kernel, &session, "go", json!({"deadlineMs": 1000})).await;
+    let took = started.elapsed();
+    let ended = done(&events);
+    assert_eq!(ended.status, DispatchStatus::Failed, "{events:?}");
+    assert_eq!(ended.error.as_ref().unwrap().code, ErrorCode::Timeout);
+    assert!(
+        took < Duration::from_secs(4),
+        "the 20 s hook held the dispatch past its 1 s deadline: {took:?}"
+    );
+    assert_eq!(llm.count(), 0, "no model call after the deadline");
+}

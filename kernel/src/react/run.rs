@@ -462,16 +462,21 @@ async fn execute_with(
             ));
         }
         let assembling = std::time::Instant::now();
-        let (conversation, compact) = prepare(
-            &place,
-            &mut neutral,
-            &unsent,
-            trigger,
-            default_model.as_deref(),
-            &run.user_message,
-            &agent.display_name,
-        )
-        .await?;
+        // An interrupt or the deadline also ends a slow assembly (a context engine or
+        // a transform hook taking its time), not only the model call after it.
+        let prepared = tokio::select! {
+            prepared = prepare(
+                &place,
+                &mut neutral,
+                &unsent,
+                trigger,
+                default_model.as_deref(),
+                &run.user_message,
+                &agent.display_name,
+            ) => prepared,
+            () = run.stopper.token().cancelled() => continue,
+        };
+        let (conversation, compact) = prepared?;
         run.record.timing.context_us += assembling.elapsed().as_micros() as u64;
         unsent.clear();
         if compact && !compacted_this_turn {
