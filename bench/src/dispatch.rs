@@ -50,6 +50,26 @@ impl KernelProcess {
         harness: Harness,
         settings: serde_json::Value,
     ) -> Result<Self> {
+        Self::start_on(llm, max_concurrent, harness, settings, None).await
+    }
+
+    /// A bare kernel that is one node of several on the PostgreSQL database `node`
+    /// names, with the admin token they share.
+    pub(crate) async fn start_node(
+        llm: &ScriptedLlm,
+        max_concurrent: Option<u32>,
+        node: &Node,
+    ) -> Result<Self> {
+        Self::start_on(llm, max_concurrent, Harness::Bare, json!({}), Some(node)).await
+    }
+
+    async fn start_on(
+        llm: &ScriptedLlm,
+        max_concurrent: Option<u32>,
+        harness: Harness,
+        settings: serde_json::Value,
+        node: Option<&Node>,
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let skills = copy_repo_skills(dir.path());
         let home = dir.path().join("home");
@@ -79,11 +99,16 @@ impl KernelProcess {
         std::fs::write(&config, serde_json::to_string(&system)?)?;
         // The bench starts its own kernel process; it is killed on drop.
         #[allow(clippy::disallowed_methods)]
-        let child = tokio::process::Command::new(std::env::current_exe()?)
-            .arg("kernel")
-            .arg(&home)
-            .arg(&skills)
-            .arg(&config)
+        let mut command = tokio::process::Command::new(std::env::current_exe()?);
+        command.arg("kernel").arg(&home).arg(&skills).arg(&config);
+        if let Some(node) = node {
+            // The token goes through the environment, not the command line.
+            command
+                .arg("--database-url")
+                .arg(&node.database_url)
+                .env(NODE_TOKEN_VAR, &node.admin_token);
+        }
+        let child = command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -101,9 +126,12 @@ impl KernelProcess {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let token = std::fs::read_to_string(home.join("admin.token"))?
-            .trim()
-            .to_owned();
+        let token = match node {
+            Some(node) => node.admin_token.clone(),
+            None => std::fs::read_to_string(home.join("admin.token"))?
+                .trim()
+                .to_owned(),
+        };
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(4096)
             .tcp_nodelay(true)
@@ -161,12 +189,30 @@ async fn wait_for_hooks(api: &Api, hooks: &[&str]) -> Result<()> {
     }
 }
 
-/// `aos-bench kernel <home> <skills> <aoscb.json>`: runs a kernel until stdin closes
-/// or it is killed.
-pub async fn serve_kernel(home: PathBuf, skills: PathBuf, config: PathBuf) -> Result<()> {
+/// Where a kernel process that is a node of several finds the admin token they share.
+const NODE_TOKEN_VAR: &str = "AOS_BENCH_NODE_TOKEN";
+
+/// One node of several kernels sharing a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub(crate) struct Node {
+    pub(crate) database_url: String,
+    pub(crate) admin_token: String,
+}
+
+/// `aos-bench kernel <home> <skills> <aoscb.json> [--database-url <url>]`: runs a
+/// kernel until it is interrupted or killed; with a database URL, on that store, with
+/// the admin token from `AOS_BENCH_NODE_TOKEN` when it is set.
+pub async fn serve_kernel(
+    home: PathBuf,
+    skills: PathBuf,
+    config: PathBuf,
+    database_url: Option<String>,
+) -> Result<()> {
     let mut kernel = aos_kernel::KernelConfig::new(home, skills);
     kernel.port = 0;
     kernel.system_file = Some(config);
+    kernel.database_url = database_url;
+    kernel.admin_token = std::env::var(NODE_TOKEN_VAR).ok().filter(|t| !t.is_empty());
     if let Ok(exe) = std::env::current_exe()
         && let Some(dir) = exe.parent()
     {

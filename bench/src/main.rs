@@ -12,6 +12,7 @@ mod context;
 mod dispatch;
 mod mcp;
 mod memory;
+mod postgres;
 mod report;
 mod scenarios;
 mod sched;
@@ -63,6 +64,9 @@ enum Role {
         home: PathBuf,
         skills: PathBuf,
         config: PathBuf,
+        /// A PostgreSQL store instead of SQLite under the home.
+        #[arg(long)]
+        database_url: Option<String>,
     },
 }
 
@@ -89,10 +93,11 @@ fn main() -> Result<()> {
                 home,
                 skills,
                 config,
+                database_url,
             } => tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(dispatch::serve_kernel(home, skills, config)),
+                .block_on(dispatch::serve_kernel(home, skills, config, database_url)),
         };
     }
     let plan = Plan {
@@ -160,6 +165,10 @@ fn main() -> Result<()> {
     if wanted("sched") {
         eprintln!("== sched");
         sections.push(runtime.block_on(sched::overhead(&plan))?);
+    }
+    if wanted("postgres") {
+        eprintln!("== postgres");
+        sections.extend(runtime.block_on(postgres::postgres(&plan))?);
     }
     let report = report::Report::new(args.quick, &plan, sections);
     let (md, json) = report.write(&args.out)?;
