@@ -163,6 +163,23 @@ impl PgStore {
 /// Maps a sqlx error to a [`StoreError`], separating "the database cannot be used right
 /// now" (unreachable, shutting down, out of space or connections, a standby, a lock or
 /// statement timeout) from other failures.
+/// An insert's error: a unique violation is a `Duplicate` of `id`; anything else is
+/// classified as failing `action`.
+fn duplicate_or(
+    kind: &'static str,
+    id: &str,
+    action: &'static str,
+) -> impl FnOnce(sqlx::Error) -> StoreError {
+    let id = id.to_owned();
+    move |e| {
+        if is_unique_violation(&e) {
+            StoreError::Duplicate { kind, id }
+        } else {
+            classify(action)(e)
+        }
+    }
+}
+
 fn classify(action: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |error| {
         if is_unavailable(&error) {
@@ -284,16 +301,11 @@ impl Store for PgStore {
         .bind(body)
         .execute(&self.pool)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Duplicate {
-                    kind: "system control block",
-                    id: "1".into(),
-                }
-            } else {
-                classify("creating the system control block")(e)
-            }
-        })?;
+        .map_err(duplicate_or(
+            "system control block",
+            "1",
+            "creating the system control block",
+        ))?;
         Ok(())
     }
 
@@ -333,16 +345,7 @@ impl Store for PgStore {
         .bind(body)
         .execute(&self.pool)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Duplicate {
-                    kind: "agent",
-                    id: agent.agent_id.clone(),
-                }
-            } else {
-                classify("creating an agent")(e)
-            }
-        })?;
+        .map_err(duplicate_or("agent", &agent.agent_id, "creating an agent"))?;
         Ok(())
     }
 
@@ -692,16 +695,7 @@ impl Store for PgStore {
         .bind(content.body.as_bytes())
         .execute(&self.pool)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Duplicate {
-                    kind: "content",
-                    id: info.content_id.clone(),
-                }
-            } else {
-                classify("storing content")(e)
-            }
-        })?;
+        .map_err(duplicate_or("content", &info.content_id, "storing content"))?;
         Ok(())
     }
 
@@ -845,16 +839,11 @@ impl Store for PgStore {
         .bind(body)
         .execute(&self.pool)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Duplicate {
-                    kind: "dispatch",
-                    id: dispatch.dispatch_id.clone(),
-                }
-            } else {
-                classify("recording a dispatch")(e)
-            }
-        })?;
+        .map_err(duplicate_or(
+            "dispatch",
+            &dispatch.dispatch_id,
+            "recording a dispatch",
+        ))?;
         Ok(())
     }
 
