@@ -50,7 +50,18 @@ impl KernelProcess {
         harness: Harness,
         settings: serde_json::Value,
     ) -> Result<Self> {
-        Self::start_on(llm, max_concurrent, harness, settings, None).await
+        Self::start_on(llm, max_concurrent, harness, settings, None, &[]).await
+    }
+
+    /// A kernel with `harness`, `settings` and some files of its skill copies replaced
+    /// (`(path under the skill root, contents)`) before it starts.
+    pub(crate) async fn start_with_files(
+        llm: &ScriptedLlm,
+        harness: Harness,
+        settings: serde_json::Value,
+        files: &[(&str, String)],
+    ) -> Result<Self> {
+        Self::start_on(llm, None, harness, settings, None, files).await
     }
 
     /// A bare kernel that is one node of several on the PostgreSQL database `node`
@@ -60,7 +71,15 @@ impl KernelProcess {
         max_concurrent: Option<u32>,
         node: &Node,
     ) -> Result<Self> {
-        Self::start_on(llm, max_concurrent, Harness::Bare, json!({}), Some(node)).await
+        Self::start_on(
+            llm,
+            max_concurrent,
+            Harness::Bare,
+            json!({}),
+            Some(node),
+            &[],
+        )
+        .await
     }
 
     async fn start_on(
@@ -69,9 +88,14 @@ impl KernelProcess {
         harness: Harness,
         settings: serde_json::Value,
         node: Option<&Node>,
+        files: &[(&str, String)],
     ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let skills = copy_repo_skills(dir.path());
+        for (path, contents) in files {
+            std::fs::write(skills.join(path), contents)
+                .with_context(|| format!("writing {path} of the skill copies"))?;
+        }
         let home = dir.path().join("home");
         let mut provider = json!({"name": "scripted", "baseUrl": llm.base_url, "maxRetries": 0});
         if let Some(limit) = max_concurrent {
@@ -148,6 +172,25 @@ impl KernelProcess {
             home,
             _dir: dir,
         })
+    }
+
+    /// CPU time (user and system) the kernel process has used so far.
+    fn cpu_time(&self) -> Duration {
+        let pid = self.child.id().unwrap_or(0);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let ticks: u64 = after_name
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|t| t.parse::<u64>().ok())
+            .sum();
+        let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .map_or(100, |t| t.max(1) as u64);
+        Duration::from_micros(ticks * 1_000_000 / per_second)
     }
 
     /// Resident and peak memory of the kernel process, in KiB.
@@ -398,8 +441,8 @@ pub async fn many_sessions(plan: &Plan) -> Result<Section> {
         let kernel = KernelProcess::start(&llm, None).await?;
         let ids = Arc::new(sessions(&kernel.api, n).await?);
         let idle = kernel.memory_kib().0;
-        let (mut ratios, mut aos_rates, mut direct_rates, mut rss) =
-            (vec![], vec![], vec![], vec![]);
+        let (mut ratios, mut aos_rates, mut direct_rates, mut rss, mut cpu) =
+            (vec![], vec![], vec![], vec![], vec![]);
         let rounds = plan.rounds.clamp(1, 3);
         for round in 0..=rounds {
             // Straight to the server: n clients, k sequential requests each.
@@ -432,6 +475,7 @@ pub async fn many_sessions(plan: &Plan) -> Result<Section> {
             }
             let direct_rate = done as f64 / started.elapsed().as_secs_f64();
             // Through AOS.
+            let cpu_before = kernel.cpu_time();
             let started = Instant::now();
             let runs: Vec<_> = (0..n)
                 .map(|i| {
@@ -455,6 +499,8 @@ pub async fn many_sessions(plan: &Plan) -> Result<Section> {
                 completed += task.await.unwrap_or(0);
             }
             let aos_rate = completed as f64 / started.elapsed().as_secs_f64();
+            let cpu_per_turn =
+                (kernel.cpu_time() - cpu_before).as_micros() as f64 / completed.max(1) as f64;
             let (_, peak) = kernel.memory_kib();
             if completed != n * K {
                 bail!(
@@ -473,6 +519,7 @@ pub async fn many_sessions(plan: &Plan) -> Result<Section> {
             aos_rates.push(aos_rate);
             direct_rates.push(direct_rate);
             rss.push(peak / 1024.0);
+            cpu.push(cpu_per_turn);
         }
         figures.push(Figure::from_samples(
             &format!("turns/s through AOS ÷ direct, n = {n}"),
@@ -491,6 +538,12 @@ pub async fn many_sessions(plan: &Plan) -> Result<Section> {
             "turns/s",
             &direct_rates,
             "",
+        ));
+        figures.push(Figure::from_samples(
+            &format!("kernel CPU time per turn, n = {n}"),
+            "µs",
+            &cpu,
+            "user + system, from /proc; absolute, this machine",
         ));
         figures.push(Figure::from_samples(
             &format!("kernel RSS idle with {n} sessions"),

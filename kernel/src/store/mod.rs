@@ -52,13 +52,13 @@ pub enum StoreError {
     Unavailable {
         action: &'static str,
         #[source]
-        source: sqlx::Error,
+        source: DriverError,
     },
     #[error("database error while {action}: {source}")]
     Database {
         action: &'static str,
         #[source]
-        source: sqlx::Error,
+        source: DriverError,
     },
     #[error("stored {what} is corrupt: {message}")]
     Corrupt { what: String, message: String },
@@ -69,6 +69,9 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The database driver's own error behind a [`StoreError`] (sqlx or rusqlite).
+pub type DriverError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A message to append; the store assigns its seq.
 #[derive(Debug, Clone)]

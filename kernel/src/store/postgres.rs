@@ -185,12 +185,12 @@ fn classify(action: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
         if is_unavailable(&error) {
             StoreError::Unavailable {
                 action,
-                source: error,
+                source: error.into(),
             }
         } else {
             StoreError::Database {
                 action,
-                source: error,
+                source: error.into(),
             }
         }
     }

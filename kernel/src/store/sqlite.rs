@@ -21,22 +21,23 @@ use aos_sdk::protocol::{
     SessionStatus, SystemCb, Timestamp, TokenInfo, Usage,
 };
 use async_trait::async_trait;
-use sqlx::Sqlite;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{
-    StoreRow, agent_from_row, content_info_from_row, cost_micros, from_json,
-    is_foreign_key_violation, is_unique_violation, limit, log_from_row, message_from_row,
-    phase_str, session_from_row, session_status_str, status_str, to_json, token_from_row,
-    usage_from_row,
+    StoreRow, agent_from_row, content_info_from_row, from_json, is_foreign_key_violation,
+    is_unique_violation, limit, log_from_row, message_from_row, phase_str, session_from_row,
+    session_status_str, status_str, to_json, token_from_row, usage_from_row,
 };
 use super::{
     AppendOutcome, ContentRecord, HistoryQuery, ListQuery, LogQuery, NewLogEntry, NewMessage,
     Store, StoreError, StoreResult, TokenRecord,
 };
+
+mod writer;
+
+use writer::{WriteOp, Writer, Written};
 
 /// The SQLite schema, applied at open.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -58,66 +59,10 @@ pub struct SqliteStore {
     reader: SqlitePool,
     path: PathBuf,
     cache: Arc<Mutex<BlockCache>>,
-    /// The hot writes (appends, session and dispatch saves) go through one task that
-    /// commits whatever is queued as one transaction.
-    appends: Mutex<Option<mpsc::Sender<WriteJob>>>,
+    /// The hot writes (appends, session and dispatch saves, usage, RuntimeLog rows) go
+    /// through one thread that commits whatever is queued as one transaction.
+    hot: Writer,
 }
-
-/// A write the group-commit task runs.
-#[derive(Debug)]
-enum WriteOp {
-    Append {
-        message: NewMessage,
-        parts: String,
-    },
-    SaveSession {
-        session: SessionCb,
-        expected: u64,
-        body: String,
-    },
-    SaveAgent {
-        agent: AgentCb,
-        expected: u64,
-        body: String,
-    },
-    InsertDispatch {
-        dispatch: Dispatch,
-        body: String,
-    },
-    SaveDispatch {
-        dispatch: Dispatch,
-        body: String,
-    },
-    /// Two statements (session, then agent): always run inside a transaction.
-    AddUsage {
-        session_id: String,
-        usage: Usage,
-        now: Timestamp,
-    },
-}
-
-/// What a write did.
-#[derive(Debug)]
-enum Written {
-    Appended(AppendOutcome),
-    /// Rows the statement changed.
-    Rows(u64),
-    Usage {
-        agent_id: String,
-        session_revision: u64,
-        agent_revision: u64,
-    },
-}
-
-/// One queued write and where its outcome goes.
-#[derive(Debug)]
-struct WriteJob {
-    op: WriteOp,
-    reply: oneshot::Sender<StoreResult<Written>>,
-}
-
-/// Appends committed together at most.
-const APPEND_BATCH: usize = 256;
 
 /// Control blocks held in memory so hot reads skip the database.
 ///
@@ -125,11 +70,13 @@ const APPEND_BATCH: usize = 256;
 /// home directory) and every write goes through this store. Rules, applied under one
 /// lock: a full write replaces a cached block only with a newer revision; a partial
 /// write (append, usage) patches a block only when it is exactly one revision behind,
-/// and drops it otherwise; a read fills the cache only when no write finished since the
-/// read began (`epoch`), so a slow reader can never put back an older block.
+/// and drops it otherwise; a read fills the cache only when no write to that block
+/// finished since the read began, so a slow reader can never put back an older block.
 #[derive(Debug, Default)]
 struct BlockCache {
+    /// Counts finished writes; a read notes it before it starts.
     epoch: u64,
+    system: Blocks<SystemCb>,
     sessions: Blocks<SessionCb>,
     agents: Blocks<AgentCb>,
 }
@@ -142,6 +89,18 @@ trait Revisioned: Clone {
     fn key(&self) -> &str;
     fn revision(&self) -> u64;
     fn set_revision(&mut self, revision: u64);
+}
+
+impl Revisioned for SystemCb {
+    fn key(&self) -> &str {
+        "system"
+    }
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+    fn set_revision(&mut self, revision: u64) {
+        self.revision = revision;
+    }
 }
 
 impl Revisioned for SessionCb {
@@ -168,52 +127,77 @@ impl Revisioned for AgentCb {
     }
 }
 
-/// Cached blocks of one kind, by id.
+/// Cached blocks of one kind, by id, and the epoch of each block's last write.
 #[derive(Debug)]
-struct Blocks<T>(HashMap<String, T>);
+struct Blocks<T> {
+    cached: HashMap<String, T>,
+    written: HashMap<String, u64>,
+    /// Reads that began before this epoch may not fill: the `written` marks before it
+    /// were forgotten.
+    floor: u64,
+}
 
 impl<T> Default for Blocks<T> {
     fn default() -> Self {
-        Self(HashMap::new())
+        Self {
+            cached: HashMap::new(),
+            written: HashMap::new(),
+            floor: 0,
+        }
     }
 }
 
 impl<T: Revisioned> Blocks<T> {
     fn get(&self, id: &str) -> Option<&T> {
-        self.0.get(id)
+        self.cached.get(id)
     }
 
     fn remove(&mut self, id: &str) {
-        self.0.remove(id);
+        self.cached.remove(id);
     }
 
-    /// A read fills the cache (the caller checked no write finished meanwhile).
-    fn fill(&mut self, block: &T) {
-        self.0.insert(block.key().to_owned(), block.clone());
+    /// A read that began at `epoch` fills the cache, unless a write to the block
+    /// finished since.
+    fn fill(&mut self, block: &T, epoch: u64) {
+        let written = self.written.get(block.key()).copied().unwrap_or(0);
+        if epoch >= self.floor && written <= epoch {
+            self.cached.insert(block.key().to_owned(), block.clone());
+        }
+    }
+
+    /// Notes a write to `id` finishing at `epoch`.
+    fn mark(&mut self, id: &str, epoch: u64) {
+        if self.written.len() >= CACHE_MAX {
+            self.written.clear();
+            self.floor = epoch;
+        }
+        self.written.insert(id.to_owned(), epoch);
     }
 
     /// A full write: keep whichever block is newer.
-    fn put(&mut self, block: &T) {
-        if self.0.len() >= CACHE_MAX {
-            self.0.clear();
+    fn put(&mut self, block: &T, epoch: u64) {
+        self.mark(block.key(), epoch);
+        if self.cached.len() >= CACHE_MAX {
+            self.cached.clear();
         }
-        match self.0.get(block.key()) {
+        match self.cached.get(block.key()) {
             Some(cached) if cached.revision() >= block.revision() => {}
             _ => {
-                self.0.insert(block.key().to_owned(), block.clone());
+                self.cached.insert(block.key().to_owned(), block.clone());
             }
         }
     }
 
     /// A partial write: apply it only on the exact predecessor, else forget the block.
-    fn patch(&mut self, id: &str, revision: u64, patch: impl FnOnce(&mut T)) {
-        match self.0.get_mut(id) {
+    fn patch(&mut self, id: &str, revision: u64, epoch: u64, patch: impl FnOnce(&mut T)) {
+        self.mark(id, epoch);
+        match self.cached.get_mut(id) {
             Some(cached) if cached.revision() + 1 == revision => {
                 patch(cached);
                 cached.set_revision(revision);
             }
             Some(_) => {
-                self.0.remove(id);
+                self.cached.remove(id);
             }
             None => {}
         }
@@ -221,24 +205,29 @@ impl<T: Revisioned> Blocks<T> {
 }
 
 impl BlockCache {
+    fn put_system(&mut self, system: &SystemCb) {
+        self.epoch += 1;
+        self.system.put(system, self.epoch);
+    }
+
     fn put_session(&mut self, session: &SessionCb) {
         self.epoch += 1;
-        self.sessions.put(session);
+        self.sessions.put(session, self.epoch);
     }
 
     fn patch_session(&mut self, id: &str, revision: u64, patch: impl FnOnce(&mut SessionCb)) {
         self.epoch += 1;
-        self.sessions.patch(id, revision, patch);
+        self.sessions.patch(id, revision, self.epoch, patch);
     }
 
     fn put_agent(&mut self, agent: &AgentCb) {
         self.epoch += 1;
-        self.agents.put(agent);
+        self.agents.put(agent, self.epoch);
     }
 
     fn patch_agent(&mut self, id: &str, revision: u64, patch: impl FnOnce(&mut AgentCb)) {
         self.epoch += 1;
-        self.agents.patch(id, revision, patch);
+        self.agents.patch(id, revision, self.epoch, patch);
     }
 }
 
@@ -286,14 +275,13 @@ impl SqliteStore {
                 message: e.to_string(),
             })?;
         let cache = Arc::new(Mutex::new(BlockCache::default()));
-        let (appends, queue) = mpsc::channel(4096);
-        tokio::spawn(append_loop(writer.clone(), cache.clone(), queue));
+        let hot = Writer::start(path, sync, cache.clone())?;
         Ok(Self {
             writer,
             reader,
             path: path.to_owned(),
             cache,
-            appends: Mutex::new(Some(appends)),
+            hot,
         })
     }
 
@@ -307,64 +295,14 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Runs `op` through the group-commit task.
+    /// Runs `op` on the write thread and waits for its commit.
     async fn write(&self, action: &'static str, op: WriteOp) -> StoreResult<Written> {
-        let closed = || StoreError::Unavailable {
-            action,
-            source: sqlx::Error::PoolClosed,
-        };
-        let queue = self
-            .appends
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(closed)?;
-        let (reply, outcome) = oneshot::channel();
-        queue
-            .send(WriteJob { op, reply })
-            .await
-            .map_err(|_| closed())?;
-        outcome.await.map_err(|_| closed())?
+        self.hot.write(action, op).await
     }
 }
 
 fn lock_cache(cache: &Mutex<BlockCache>) -> std::sync::MutexGuard<'_, BlockCache> {
     cache.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The group-commit loop: takes every queued write, runs them in one `BEGIN
-/// IMMEDIATE` transaction (a lone write runs as a single autocommit statement), and
-/// answers each caller only after the commit, so an acknowledged write is durable.
-async fn append_loop(
-    writer: SqlitePool,
-    cache: Arc<Mutex<BlockCache>>,
-    mut queue: mpsc::Receiver<WriteJob>,
-) {
-    let mut batch: Vec<WriteJob> = Vec::with_capacity(APPEND_BATCH);
-    while let Some(first) = queue.recv().await {
-        batch.push(first);
-        while batch.len() < APPEND_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let single_statement = !matches!(batch[0].op, WriteOp::AddUsage { .. });
-        let results = if batch.len() == 1 && single_statement {
-            vec![match writer.acquire().await {
-                Ok(mut connection) => run_op(&mut connection, &batch[0].op).await,
-                Err(e) => Err(classify("writing to the database")(e)),
-            }]
-        } else {
-            run_batch(&writer, &batch).await
-        };
-        for (job, result) in batch.drain(..).zip(results) {
-            if let Ok(written) = &result {
-                update_cache(&mut lock_cache(&cache), &job.op, written);
-            }
-            let _ = job.reply.send(result);
-        }
-    }
 }
 
 /// Brings the cached control blocks up to date with one committed write. Only the
@@ -418,243 +356,6 @@ fn update_cache(cache: &mut BlockCache, op: &WriteOp, written: &Written) {
     }
 }
 
-/// Runs several writes in one transaction. A statement that fails (an unknown or
-/// archived session, a duplicate id) fails alone; a failed commit fails them all.
-async fn run_batch(writer: &SqlitePool, batch: &[WriteJob]) -> Vec<StoreResult<Written>> {
-    let mut tx = match writer.begin_with("BEGIN IMMEDIATE").await {
-        Ok(tx) => tx,
-        Err(e) => {
-            return batch
-                .iter()
-                .map(|_| Err(classify_owned("writing to the database", &e)))
-                .collect();
-        }
-    };
-    let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
-        results.push(run_op(&mut tx, &job.op).await);
-    }
-    match tx.commit().await {
-        Ok(()) => results,
-        Err(e) => batch
-            .iter()
-            .map(|_| Err(classify_owned("writing to the database", &e)))
-            .collect(),
-    }
-}
-
-async fn run_op(connection: &mut sqlx::SqliteConnection, op: &WriteOp) -> StoreResult<Written> {
-    match op {
-        WriteOp::Append { message, parts } => insert_message(connection, message, parts)
-            .await
-            .map(Written::Appended),
-        WriteOp::SaveSession {
-            session,
-            expected,
-            body,
-        } => sqlx::query(
-            "UPDATE sessions SET status = ?1, phase = ?2, revision = ?3, updated_at = ?4, body = ?5
-             WHERE session_id = ?6 AND revision = ?7",
-        )
-        .bind(session_status_str(session.status))
-        .bind(phase_str(session.phase))
-        .bind(session.revision as i64)
-        .bind(session.updated_at.as_millis())
-        .bind(body)
-        .bind(&session.session_id)
-        .bind(*expected as i64)
-        .execute(&mut *connection)
-        .await
-        .map(|done| Written::Rows(done.rows_affected()))
-        .map_err(classify("saving a session")),
-        WriteOp::SaveAgent {
-            agent,
-            expected,
-            body,
-        } => sqlx::query(
-            "UPDATE agents SET status = ?1, revision = ?2, updated_at = ?3, body = ?4
-             WHERE agent_id = ?5 AND revision = ?6",
-        )
-        .bind(status_str(agent.status))
-        .bind(agent.revision as i64)
-        .bind(agent.updated_at.as_millis())
-        .bind(body)
-        .bind(&agent.agent_id)
-        .bind(*expected as i64)
-        .execute(&mut *connection)
-        .await
-        .map(|done| Written::Rows(done.rows_affected()))
-        .map_err(classify("saving an agent")),
-        WriteOp::InsertDispatch { dispatch, body } => sqlx::query(
-            "INSERT INTO dispatches (dispatch_id, session_id, agent_id, status, queued_at, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(&dispatch.dispatch_id)
-        .bind(&dispatch.session_id)
-        .bind(&dispatch.agent_id)
-        .bind(dispatch.status.as_str())
-        .bind(dispatch.queued_at.as_millis())
-        .bind(body)
-        .execute(&mut *connection)
-        .await
-        .map(|done| Written::Rows(done.rows_affected()))
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Duplicate {
-                    kind: "dispatch",
-                    id: dispatch.dispatch_id.clone(),
-                }
-            } else {
-                classify("recording a dispatch")(e)
-            }
-        }),
-        WriteOp::AddUsage {
-            session_id,
-            usage,
-            now,
-        } => add_usage(connection, session_id, usage, *now).await,
-        WriteOp::SaveDispatch { dispatch, body } => {
-            sqlx::query("UPDATE dispatches SET status = ?1, body = ?2 WHERE dispatch_id = ?3")
-                .bind(dispatch.status.as_str())
-                .bind(body)
-                .bind(&dispatch.dispatch_id)
-                .execute(&mut *connection)
-                .await
-                .map(|done| Written::Rows(done.rows_affected()))
-                .map_err(classify("updating a dispatch"))
-        }
-    }
-}
-
-/// Adds usage to a session's and its agent's totals (inside the caller's transaction).
-async fn add_usage(
-    connection: &mut sqlx::SqliteConnection,
-    session_id: &str,
-    usage: &Usage,
-    now: Timestamp,
-) -> StoreResult<Written> {
-    let cost_micros = cost_micros(usage);
-    let session = sqlx::query(
-        "UPDATE sessions SET prompt_tokens = prompt_tokens + ?1,
-             completion_tokens = completion_tokens + ?2, cost_micros = cost_micros + ?3,
-             turns = turns + ?4, dispatches = dispatches + ?5,
-             revision = revision + 1, updated_at = ?7
-         WHERE session_id = ?6 RETURNING agent_id, revision",
-    )
-    .bind(usage.prompt_tokens as i64)
-    .bind(usage.completion_tokens as i64)
-    .bind(cost_micros)
-    .bind(usage.turns as i64)
-    .bind(usage.dispatches as i64)
-    .bind(session_id)
-    .bind(now.as_millis())
-    .fetch_optional(&mut *connection)
-    .await
-    .map_err(classify("recording usage"))?;
-    let Some(session) = session else {
-        return Err(StoreError::NotFound {
-            kind: "session",
-            id: session_id.to_owned(),
-        });
-    };
-    let agent_id = session.text("agent_id")?;
-    let session_revision = session.count("revision")?;
-    let agent_revision: i64 = sqlx::query_scalar(
-        "UPDATE agents SET prompt_tokens = prompt_tokens + ?1,
-             completion_tokens = completion_tokens + ?2, cost_micros = cost_micros + ?3,
-             turns = turns + ?4, dispatches = dispatches + ?5,
-             revision = revision + 1, updated_at = ?7
-         WHERE agent_id = ?6 RETURNING revision",
-    )
-    .bind(usage.prompt_tokens as i64)
-    .bind(usage.completion_tokens as i64)
-    .bind(cost_micros)
-    .bind(usage.turns as i64)
-    .bind(usage.dispatches as i64)
-    .bind(&agent_id)
-    .bind(now.as_millis())
-    .fetch_one(&mut *connection)
-    .await
-    .map_err(classify("recording usage"))?;
-    Ok(Written::Usage {
-        agent_id,
-        session_revision,
-        agent_revision: agent_revision.max(0) as u64,
-    })
-}
-
-/// The append statement: number the message from the session row and insert it; the
-/// `history_advances_session` trigger moves `last_seq` and `revision` on.
-async fn insert_message(
-    connection: &mut sqlx::SqliteConnection,
-    message: &NewMessage,
-    parts: &str,
-) -> StoreResult<AppendOutcome> {
-    let appended = sqlx::query(
-        "INSERT INTO history (session_id, seq, session_revision, message_id, role, origin,
-                              dispatch_id, created_at, parts)
-         SELECT session_id, last_seq + 1, revision + 1, ?2, ?3, ?4, ?5, ?6, ?7
-           FROM sessions WHERE session_id = ?1 AND status <> 'archived'
-         RETURNING seq, session_revision",
-    )
-    .bind(&message.session_id)
-    .bind(&message.id)
-    .bind(message.role.as_str())
-    .bind(message.origin.to_string())
-    .bind(message.dispatch_id.as_deref())
-    .bind(message.created_at.as_millis())
-    .bind(parts)
-    .fetch_optional(&mut *connection)
-    .await
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            StoreError::Duplicate {
-                kind: "message",
-                id: message.id.clone(),
-            }
-        } else {
-            classify("appending to history")(e)
-        }
-    })?;
-    if let Some(row) = appended {
-        return Ok(AppendOutcome {
-            seq: row.count("seq")?,
-            session_revision: row.count("session_revision")?,
-        });
-    }
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM sessions WHERE session_id = ?1")
-            .bind(&message.session_id)
-            .fetch_optional(&mut *connection)
-            .await
-            .map_err(classify("appending to history"))?;
-    Err(match status {
-        Some(_) => StoreError::SessionArchived(message.session_id.clone()),
-        None => StoreError::NotFound {
-            kind: "session",
-            id: message.session_id.clone(),
-        },
-    })
-}
-
-/// [`classify`] for an error shared by several callers: the first gets the original
-/// kind, the rest a copy of its message.
-fn classify_owned(action: &'static str, error: &sqlx::Error) -> StoreError {
-    let unavailable = matches!(
-        error,
-        sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-    ) || matches!(error, sqlx::Error::Database(db) if db.code().and_then(|c| c.parse::<i64>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6 | 8 | 10 | 13 | 14)));
-    let source = sqlx::Error::Protocol(error.to_string());
-    if unavailable {
-        StoreError::Unavailable { action, source }
-    } else {
-        StoreError::Database { action, source }
-    }
-}
-
 /// Maps a sqlx error to a [`StoreError`], separating "the database cannot be used right
 /// now" (disk full, read-only, I/O, lock timeout) from other failures.
 fn classify(action: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -677,12 +378,12 @@ fn classify(action: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
         if unavailable {
             StoreError::Unavailable {
                 action,
-                source: error,
+                source: error.into(),
             }
         } else {
             StoreError::Database {
                 action,
-                source: error,
+                source: error.into(),
             }
         }
     }
@@ -695,11 +396,8 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        // Ending the queue lets the append task finish what it holds and stop.
-        self.appends
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        // The write thread finishes what it holds and closes its connection.
+        self.hot.close().await;
         self.reader.close().await;
         // A passive checkpoint keeps the WAL short for the next start; failure is harmless.
         let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
@@ -711,17 +409,29 @@ impl Store for SqliteStore {
     // -- system ----------------------------------------------------------------------------
 
     async fn load_system(&self) -> StoreResult<Option<SystemCb>> {
+        let epoch = {
+            let cache = self.cache();
+            if let Some(system) = cache.system.get("system") {
+                return Ok(Some(system.clone()));
+            }
+            cache.epoch
+        };
         let row = sqlx::query("SELECT revision, updated_at, body FROM system_cb WHERE id = 1")
             .fetch_optional(&self.reader)
             .await
             .map_err(classify("loading the system control block"))?;
-        row.map(|row| {
-            let mut system: SystemCb = from_json("system", "1", &row.text("body")?)?;
-            system.revision = row.count("revision")?;
-            system.updated_at = row.timestamp("updated_at")?;
-            Ok(system)
-        })
-        .transpose()
+        let system = row
+            .map(|row| {
+                let mut system: SystemCb = from_json("system", "1", &row.text("body")?)?;
+                system.revision = row.count("revision")?;
+                system.updated_at = row.timestamp("updated_at")?;
+                Ok::<_, StoreError>(system)
+            })
+            .transpose()?;
+        if let Some(system) = &system {
+            self.cache().system.fill(system, epoch);
+        }
+        Ok(system)
     }
 
     async fn insert_system(&self, system: &SystemCb) -> StoreResult<()> {
@@ -744,6 +454,7 @@ impl Store for SqliteStore {
                 classify("creating the system control block")(e)
             }
         })?;
+        self.cache().put_system(system);
         Ok(())
     }
 
@@ -766,6 +477,7 @@ impl Store for SqliteStore {
                 expected,
             });
         }
+        self.cache().put_system(system);
         Ok(())
     }
 
@@ -818,10 +530,7 @@ impl Store for SqliteStore {
             .map(agent_from_row)
             .transpose()?;
         if let Some(agent) = &agent {
-            let mut cache = self.cache();
-            if cache.epoch == epoch {
-                cache.agents.fill(agent);
-            }
+            self.cache().agents.fill(agent, epoch);
         }
         Ok(agent)
     }
@@ -930,10 +639,7 @@ impl Store for SqliteStore {
             .map(session_from_row)
             .transpose()?;
         if let Some(session) = &session {
-            let mut cache = self.cache();
-            if cache.epoch == epoch {
-                cache.sessions.fill(session);
-            }
+            self.cache().sessions.fill(session, epoch);
         }
         Ok(session)
     }
@@ -1012,7 +718,7 @@ impl Store for SqliteStore {
             Written::Appended(outcome) => Ok(outcome),
             Written::Rows(_) | Written::Usage { .. } => Err(StoreError::Unavailable {
                 action: "appending to history",
-                source: sqlx::Error::Protocol("the write task answered an append oddly".into()),
+                source: "the write thread answered an append oddly".into(),
             }),
         }
     }
@@ -1154,47 +860,27 @@ impl Store for SqliteStore {
     // -- runtime log -----------------------------------------------------------------------
 
     async fn append_log(&self, entries: &[NewLogEntry]) -> StoreResult<()> {
-        // One multi-row INSERT per chunk: the writer connection is shared with appends,
-        // so a statement per row would double its work. 10 columns × 500 rows stays far
-        // below SQLite's limit of bound parameters.
-        for chunk in entries.chunks(500) {
-            let mut rows = Vec::with_capacity(chunk.len());
-            for entry in chunk {
-                let targets = entry
-                    .targets
-                    .as_ref()
-                    .map(|t| to_json("log targets", t))
-                    .transpose()?;
-                let data = entry
-                    .data
-                    .as_ref()
-                    .map(|d| to_json("log data", d))
-                    .transpose()?;
-                rows.push((entry, targets, data));
-            }
-            let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
-                "INSERT INTO runtime_log (log_id, ts, caller, op, agent_id, session_id, outcome, \
-                 duration_us, targets, data) ",
-            );
-            insert.push_values(rows, |mut row, (entry, targets, data)| {
-                row.push_bind(entry.id.clone())
-                    .push_bind(entry.ts.as_millis())
-                    .push_bind(entry.caller.clone())
-                    .push_bind(entry.op.clone())
-                    .push_bind(entry.agent_id.clone())
-                    .push_bind(entry.session_id.clone())
-                    .push_bind(entry.outcome.clone())
-                    .push_bind(entry.duration_us.min(i64::MAX as u64) as i64)
-                    .push_bind(targets)
-                    .push_bind(data);
-            });
-            insert
-                .build()
-                .execute(&self.writer)
-                .await
-                .map_err(classify("writing the runtime log"))?;
+        if entries.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let mut rows = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let targets = entry
+                .targets
+                .as_ref()
+                .map(|t| to_json("log targets", t))
+                .transpose()?;
+            let data = entry
+                .data
+                .as_ref()
+                .map(|d| to_json("log data", d))
+                .transpose()?;
+            rows.push((entry.clone(), targets, data));
+        }
+        // All of them in one transaction, with whatever else is being committed.
+        self.write("writing the runtime log", WriteOp::Log { rows })
+            .await
+            .map(|_| ())
     }
 
     async fn list_log(&self, query: &LogQuery) -> StoreResult<Vec<LogEntry>> {
@@ -1295,7 +981,7 @@ impl Store for SqliteStore {
             Written::Usage { .. } => Ok(()),
             _ => Err(StoreError::Unavailable {
                 action: "recording usage",
-                source: sqlx::Error::Protocol("the write task answered oddly".into()),
+                source: "the write thread answered oddly".into(),
             }),
         }
     }

@@ -102,9 +102,10 @@ impl From<StoreError> for SyscallError {
                 format!("session `{id}` is archived: it can be read but not changed"),
             ),
             StoreError::Unavailable { action, source } => {
-                let detail = match &source {
-                    sqlx::Error::Database(db) => db.message().to_owned(),
-                    other => other.to_string(),
+                // sqlx prefixes the database's own words; rusqlite's are bare.
+                let detail = match source.downcast_ref::<sqlx::Error>() {
+                    Some(sqlx::Error::Database(db)) => db.message().to_owned(),
+                    _ => source.to_string(),
                 };
                 tracing::error!(%action, error = %source, "storage unavailable");
                 SyscallError::new(
