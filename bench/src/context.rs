@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Result, bail};
+use aos_sdk::protocol::DispatchTiming;
 use aos_tests::llm::{Reply, ScriptedLlm};
 use serde_json::{Value, json};
 
@@ -59,7 +60,27 @@ async fn append_text(api: &aos_tests::Api, session: &str, i: usize) -> Result<()
 pub async fn assemble_sizes(plan: &Plan) -> Result<Section> {
     check_services_built()?;
     let llm = ScriptedLlm::start();
-    let kernel = KernelProcess::start_with(&llm, None, Harness::Default, json!({})).await?;
+    llm.forget_requests();
+    // How many messages the last request carried: proof that nothing compacted.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let seen = sent.clone();
+    llm.rule(move |body| {
+        let messages = body["messages"].as_array().map_or(0, Vec::len);
+        seen.store(messages, Ordering::SeqCst);
+        Reply::text("done").into()
+    });
+    // A window and a threshold that hold 10 000 messages, so no dispatch here compacts.
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(
+        aos_tests::repo_root().join("skills/aos-context/config.json"),
+    )?)?;
+    config["defaultContextWindow"] = json!(2_000_000);
+    let kernel = KernelProcess::start_with_files(
+        &llm,
+        Harness::Default,
+        json!({"compactionThreshold": 1_900_000}),
+        &[("aos-context/config.json", serde_json::to_string(&config)?)],
+    )
+    .await?;
     let api = kernel.api.clone();
     let sizes: &[usize] = if plan.rounds <= 1 {
         &[100]
@@ -101,9 +122,32 @@ pub async fn assemble_sizes(plan: &Plan) -> Result<Section> {
             }
             last = view;
         }
-        for samples in [&mut rebuild, &mut incremental, &mut round_trip] {
+        // Whole dispatches on the same session: the kernel's own time per turn (wall
+        // time minus the model call) and the part of it spent building the context.
+        let (mut overhead, mut building) = (vec![], vec![]);
+        for r in 0..reps.min(10) {
+            let (took, id) = dispatch_once(&api, &session, &format!("task {r}")).await?;
+            let record = api.ok("dispatch.get", json!({"dispatchId": id})).await;
+            let timing: DispatchTiming = serde_json::from_value(record["timing"].clone())?;
+            let wall = took.as_micros() as u64;
+            overhead.push(wall.saturating_sub(timing.model_us + timing.tools_us));
+            building.push(timing.context_us);
+        }
+        let carried = sent.load(Ordering::SeqCst);
+        if carried < n {
+            bail!("the model was sent {carried} messages of a {n}-message session: it compacted");
+        }
+        for samples in [
+            &mut rebuild,
+            &mut incremental,
+            &mut round_trip,
+            &mut overhead,
+            &mut building,
+        ] {
             samples.sort_unstable();
         }
+        let overhead_p50 = percentile(&overhead, 0.5);
+        let building_p50 = percentile(&building, 0.5);
         eprintln!(
             "  n = {n}: rebuild p50 {} µs, incremental p50 {} µs",
             percentile(&rebuild, 0.5),
@@ -135,6 +179,24 @@ pub async fn assemble_sizes(plan: &Plan) -> Result<Section> {
                 "the client's view: plus serialising the whole context",
             ),
             Figure::from_samples(
+                &format!("kernel overhead per turn, {n} messages, p50"),
+                "µs",
+                &[overhead_p50],
+                "a one-turn dispatch: wall time minus the model call",
+            ),
+            Figure::from_samples(
+                &format!("building the conversation per turn, {n} messages, p50"),
+                "µs",
+                &[building_p50],
+                "context.assemble + prompt transforms, as the kernel measures them",
+            ),
+            Figure::from_samples(
+                &format!("its share of the per-turn overhead, {n} messages"),
+                "ratio",
+                &[building_p50 / overhead_p50.max(1.0)],
+                "the figure",
+            ),
+            Figure::from_samples(
                 &format!("estimated tokens in context, {n} messages"),
                 "tokens",
                 &[last["estimatedTokens"].as_f64().unwrap_or(f64::NAN)],
@@ -157,7 +219,11 @@ pub async fn assemble_sizes(plan: &Plan) -> Result<Section> {
              projects it). Incremental: one more message appended, then `session.context.get` (the engine reads the \
              one new message and answers the whole context). The times are the kernel's own measurement around the \
              `context.assemble` hook chain (`assembleUs`: the round trip to the aos-context process, its work, and \
-             the answer — the whole context — coming back over the socket); {reps} repetitions per size."
+             the answer — the whole context — coming back over the socket); {reps} repetitions per size. Then up to 10 \
+             one-turn dispatches on the same session (the model answers at once): the kernel's overhead per turn \
+             (the client's wall time minus the model call the kernel measured) and the part of it spent building \
+             the conversation (`Dispatch.timing.contextUs`). aos-context's window is raised to 2 000 000 tokens and \
+             `compactionThreshold` to 1 900 000, so that no dispatch compacts."
         ),
         figures,
     })

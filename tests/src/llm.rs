@@ -179,6 +179,8 @@ impl ScriptedLlm {
                     ready_tx.send(addr).expect("report the address");
                     let app = Router::new()
                         .route("/v1/chat/completions", post(complete))
+                        // Contexts of 10 000 messages are megabytes; providers take them.
+                        .layer(axum::extract::DefaultBodyLimit::max(256 * 1024 * 1024))
                         .with_state(state);
                     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
                         let _ = tcp.set_nodelay(true);

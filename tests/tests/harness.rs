@@ -81,7 +81,18 @@ async fn a_fresh_session_starts_with_the_manual_and_its_first_request_is_the_pro
             json!({"role": "user", "content": "hi there"}),
         ]
     );
-    assert_eq!(body["tools"][0]["function"]["name"], "bash");
+    // And the rest of the body: the model, the bash tool's schema, streaming with usage.
+    let mut rest = body.clone();
+    rest.as_object_mut().unwrap().remove("messages");
+    assert_eq!(
+        rest,
+        json!({
+            "model": "test-model",
+            "tools": [bash_tool()],
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        })
+    );
     // The engine built it and says where each message came from.
     let view = kernel
         .admin
@@ -99,6 +110,76 @@ async fn a_fresh_session_starts_with_the_manual_and_its_first_request_is_the_pro
         ["skill-load", "skill-load", "user-input", "assistant-output"]
     );
     assert!(view["estimatedTokens"].as_u64().unwrap() > 100);
+}
+
+/// The one tool of a native-mode request, as the provider is sent it.
+fn bash_tool() -> Value {
+    json!({
+        "type": "function",
+        "function": {
+            "name": "bash",
+            "description": "Run a bash command in your workspace and get its output. The `aos` command reaches the AOS kernel as you (your session, its history, skills, stored content).",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "command": {"type": "string", "description": "The command line, run with bash -c."},
+                    "cwd": {"type": "string", "description": "Working directory (default: your workspace)."},
+                    "timeoutMs": {"type": "integer", "description": "Deadline in milliseconds (default 120000)."}
+                },
+                "required": ["command"]
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_json_mode_the_first_request_is_the_projected_context_with_the_step_schema() {
+    let kernel = TestKernel::start();
+    let llm = ScriptedLlm::start();
+    configure(&kernel, &llm, "json").await;
+    let (_, session) = kernel.admin.agent_and_session().await;
+    llm.push([Reply::text("Hello.")]);
+    let events = run(&kernel.admin, &session, "hi there").await;
+    assert_eq!(done(&events).answer.as_deref(), Some("Hello."));
+    let body = &llm.requests()[0];
+    let messages = body["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["role"], "system");
+    assert!(messages[0]["content"].as_str().unwrap().contains(&session));
+    // Everything after the kernel's system prompt, and every other field: no tools, the
+    // answer format as instructions (after the skills, just before the conversation)
+    // and as a strict JSON schema.
+    let mut rest = body.clone();
+    rest["messages"] = Value::Array(messages[1..].to_vec());
+    assert_eq!(
+        rest,
+        json!({
+            "model": "test-model",
+            "messages": [
+                {"role": "system", "content": format!("[[AOS-SKILL aos]]\n{}", skill_text(&kernel, "aos").await)},
+                {"role": "system", "content": format!("[[AOS-SKILL aos-skill]]\n{}", skill_text(&kernel, "aos-skill").await)},
+                {"role": "system", "content": "Reply with exactly one JSON object and nothing else. To run a bash command: {\"action\": \"bash\", \"text\": \"<the command>\"}; its output comes back in the next message. When you have the final answer: {\"action\": \"answer\", \"text\": \"<your answer>\"}."},
+                {"role": "user", "content": "hi there"},
+            ],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "aos_step",
+                    "strict": true,
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "action": {"type": "string", "enum": ["bash", "answer"]},
+                            "text": {"type": "string"}
+                        },
+                        "required": ["action", "text"],
+                        "additionalProperties": false
+                    }
+                }
+            },
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        })
+    );
 }
 
 /// Extracts the line of a fold placeholder that starts with `label: `.

@@ -252,7 +252,8 @@ pub fn request_body(model: &str, messages: Vec<Value>, tool_mode: ToolMode) -> V
 }
 
 /// Rewrites native tool calls and tool results into plain messages of JSON mode, and
-/// tells the model the answer format right after the system prompt.
+/// tells the model the answer format after the leading system messages (the system
+/// prompt and loaded skills), just before the conversation.
 fn to_json_mode(messages: Vec<Value>) -> Vec<Value> {
     let mut out = Vec::with_capacity(messages.len() + 1);
     let leading_system = messages
