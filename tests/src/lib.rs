@@ -248,6 +248,11 @@ impl TestKernel {
         Self::start_with(Setup::new())
     }
 
+    /// The URL of this kernel's PostgreSQL database (`AOS_TEST_BACKEND=postgres`).
+    pub fn database_url(&self) -> Option<&str> {
+        self.database.as_deref().map(|d| d.url.as_str())
+    }
+
     pub fn start_with(setup: Setup) -> Self {
         let Setup {
             config,

@@ -1,7 +1,8 @@
 //! Several kernel processes on one PostgreSQL database (DESIGN §12): dispatches spread
 //! over two nodes never overlap on a session and leave gap-free histories; a node
 //! killed mid-dispatch loses its sessions to the other after the lease lifetime;
-//! events, interrupts, streams and queued dispatches cross nodes.
+//! events, interrupts, streams and queued dispatches cross nodes; aos-memory on every
+//! node keeps its facts in the shared database.
 //!
 //! Each test creates its own database (`AOS_TEST_POSTGRES_URL`), so runs never
 //! collide; without a reachable PostgreSQL these tests fail, they do not skip.
@@ -419,4 +420,112 @@ fn events_interrupts_streams_and_queues_cross_nodes() {
         assert_eq!(record.node, dispatch_record(&a.admin, &running).await.node);
         assert!(record.request.is_none(), "the request is cleared once a node takes it");
     });
+}
+
+/// Files named `name` anywhere under `dir`.
+fn files_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_named(&path, name));
+        } else if path.file_name().is_some_and(|n| n == name) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+fn texts(found: &Value) -> Vec<String> {
+    found["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn aos_memory_on_every_node_shares_one_store_in_the_database() {
+    let rt = runtime();
+    let mut cluster = Cluster::new();
+    let a = cluster.node();
+    let b = cluster.node();
+    rt.block_on(async {
+        let agent = |api: Api, name: &'static str| async move {
+            api.ok("agent.create", json!({"displayName": name})).await["agentId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let x = agent(a.admin.clone(), "x").await;
+        let y = agent(a.admin.clone(), "y").await;
+        for node in [&a, &b] {
+            eventually(Duration::from_secs(30), "aos-memory answers", || async {
+                node.admin
+                    .call("aos-memory.list", json!({"agentId": x}))
+                    .await
+                    .ok
+                    .then_some(())
+            })
+            .await;
+        }
+        let shared = a
+            .admin
+            .ok(
+                "aos-memory.save",
+                json!({"agentId": x, "text": "the release train leaves on thursdays", "scope": "shared"}),
+            )
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        a.admin
+            .ok(
+                "aos-memory.save",
+                json!({"agentId": x, "text": "the vault passphrase hint is lighthouse"}),
+            )
+            .await;
+        // Saved through A, found through B: by another agent when shared, by its own
+        // agent only when private.
+        let search = |api: Api, agent: String, query: &'static str| async move {
+            texts(
+                &api.ok(
+                    "aos-memory.search",
+                    json!({"agentId": agent, "query": query}),
+                )
+                .await,
+            )
+        };
+        assert_eq!(
+            search(b.admin.clone(), y.clone(), "release train").await,
+            ["the release train leaves on thursdays"]
+        );
+        assert!(
+            search(b.admin.clone(), y.clone(), "vault passphrase")
+                .await
+                .is_empty(),
+            "a private fact reached another agent"
+        );
+        assert_eq!(
+            search(b.admin.clone(), x.clone(), "vault passphrase").await,
+            ["the vault passphrase hint is lighthouse"]
+        );
+        // Forgotten through B, gone for A.
+        b.admin
+            .ok("aos-memory.forget", json!({"id": shared}))
+            .await;
+        assert!(
+            search(a.admin.clone(), y.clone(), "release train")
+                .await
+                .is_empty()
+        );
+    });
+    for dir in &cluster.dirs {
+        assert_eq!(
+            files_named(dir.path(), "memory.db"),
+            Vec::<std::path::PathBuf>::new(),
+            "a node kept facts in a file of its own"
+        );
+    }
 }

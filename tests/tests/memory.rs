@@ -246,6 +246,32 @@ async fn a_corrupt_or_missing_store_is_reported_not_recreated_empty() {
             json!({"agentId": agent, "text": "a fact worth keeping"}),
         )
         .await;
+    if let Some(url) = kernel.database_url() {
+        // On PostgreSQL the facts are in the kernel's database, not in a file.
+        assert!(
+            find(&kernel.home, "memory.db").is_none(),
+            "aos-memory used SQLite beside a PostgreSQL kernel"
+        );
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM aos_memory.memories")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(stored, 1);
+        sqlx::query("DROP TABLE aos_memory.memories")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let error = restart_and_error(&kernel, "missing").await;
+        assert!(error.contains("memory.postgres.created"), "{error}");
+        let recreated: bool =
+            sqlx::query_scalar("SELECT to_regclass('aos_memory.memories') IS NOT NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert!(!recreated, "an empty table was created in its place");
+        return;
+    }
     let db = find(&kernel.home, "memory.db").expect("memory.db under the kernel's home");
     let services = kernel
         .admin

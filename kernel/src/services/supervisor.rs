@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aos_sdk::protocol::service::{MAX_FRAME_BYTES, ShutdownParams};
-use aos_sdk::protocol::{ServiceState, ServiceTransport, Timestamp};
+use aos_sdk::protocol::{OwnerType, ServiceState, ServiceTransport, Timestamp};
 use aos_sdk::rpc::{self, FrameSink, FrameStream, Incoming, Peer, PeerOptions};
 use serde_json::json;
 use tokio::net::UnixListener;
@@ -467,6 +467,18 @@ fn environment(
     );
     if let Some(id) = entry.owner.owner_id() {
         set("AOS_OWNER_ID", id.to_owned());
+    }
+    // A system service (installed by the operator, like the kernel) keeps its own
+    // tables in the kernel's PostgreSQL database, so every node's copy of it shares
+    // them; on SQLite each service has only its data directory.
+    if entry.owner.owner_type() == OwnerType::System
+        && let Some(url) = kernel
+            .config
+            .database_url
+            .as_deref()
+            .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+    {
+        set("AOS_SKILL_DATABASE_URL", url.to_owned());
     }
     if let Some(id) = entry.owner.agent_id() {
         set("AOS_AGENT_ID", id.to_owned());

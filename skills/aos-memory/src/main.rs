@@ -2,7 +2,8 @@
 //!
 //! Facts live in SQLite in the service's data directory (`memory.db`, WAL,
 //! `synchronous=FULL`: a save is acknowledged only once it is on disk), indexed with FTS5
-//! and ranked by BM25. A fact is `private` (its agent only) or `shared` (every agent of
+//! and ranked by BM25 — or, when the kernel runs on PostgreSQL, in the kernel's database
+//! (`store.rs`). A fact is `private` (its agent only) or `shared` (every agent of
 //! this AOS); access is checked on every call from the caller the kernel names.
 //! Operations: `aos-memory.save`, `.search`, `.list`, `.forget`. On
 //! `session.system.transform` the few facts most relevant to the user's message are
@@ -14,7 +15,9 @@
 //! says one was created, stops the service with the reason; it is never silently
 //! recreated empty.
 
-use std::path::{Path, PathBuf};
+mod store;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use aos_sdk::protocol::service::{CallerInfo, HookSubscription, OpKindWire};
@@ -22,8 +25,7 @@ use aos_sdk::protocol::{ErrorCode, Timestamp};
 use aos_sdk::service::{OpError, Service, Verdict};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use store::{Fact, Facts, NewFact};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -37,73 +39,12 @@ struct Config {
 }
 
 struct Memory {
-    pool: SqlitePool,
+    facts: Facts,
     config: Config,
 }
 
 fn main() -> std::process::ExitCode {
     aos_sdk::service::run_main("aos-memory", 2, serve)
-}
-
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS memories (
-        id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, scope TEXT NOT NULL CHECK (scope IN ('private', 'shared')),
-        text TEXT NOT NULL, tags TEXT NOT NULL DEFAULT '', session_id TEXT, created_at TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS memories_by_agent ON memories (agent_id, created_at)",
-    "CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5 (text, tags, content='memories', content_rowid='rowid')",
-    "CREATE TRIGGER IF NOT EXISTS memories_ai AFTER INSERT ON memories BEGIN
-        INSERT INTO memories_fts (rowid, text, tags) VALUES (new.rowid, new.text, new.tags); END",
-    "CREATE TRIGGER IF NOT EXISTS memories_ad AFTER DELETE ON memories BEGIN
-        INSERT INTO memories_fts (memories_fts, rowid, text, tags) VALUES ('delete', old.rowid, old.text, old.tags); END",
-];
-
-/// Opens the store, refusing a corrupt one and one that vanished.
-async fn open(dir: &Path) -> Result<SqlitePool, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let db = dir.join("memory.db");
-    let marker = dir.join("memory.created");
-    if marker.exists() && !db.exists() {
-        return Err(format!(
-            "the memory store {} is missing, though {} says one was created: restore it from a backup, or delete the marker to start empty",
-            db.display(),
-            marker.display()
-        ));
-    }
-    let options = SqliteConnectOptions::new()
-        .filename(&db)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(std::time::Duration::from_secs(5));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .map_err(|e| format!("cannot open the memory store {} (corrupt, or not a memory store; restore it from a backup): {e}", db.display()))?;
-    let check: String = sqlx::query_scalar("PRAGMA quick_check")
-        .fetch_one(&pool)
-        .await
-        .map_err(|e| format!("the memory store {} is not readable: {e}", db.display()))?;
-    if check != "ok" {
-        return Err(format!(
-            "the memory store {} is corrupt ({check}); restore it from a backup",
-            db.display()
-        ));
-    }
-    for statement in SCHEMA {
-        sqlx::query(*statement)
-            .execute(&pool)
-            .await
-            .map_err(|e| format!("preparing the memory store: {e}"))?;
-    }
-    if !marker.exists() {
-        std::fs::write(
-            &marker,
-            "aos-memory store created; do not delete while memory.db matters\n",
-        )
-        .map_err(|e| format!("{}: {e}", marker.display()))?;
-    }
-    Ok(pool)
 }
 
 async fn serve() -> Result<(), String> {
@@ -116,10 +57,12 @@ async fn serve() -> Result<(), String> {
     .map_err(|e| format!("config.json: {e}"))?;
     let data =
         std::env::var_os("AOS_DATA_DIR").map_or_else(|| skill_dir.join("data"), PathBuf::from);
-    let memory = Arc::new(Memory {
-        pool: open(&data).await?,
-        config,
-    });
+    let database_url = std::env::var("AOS_SKILL_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let facts = Facts::open(&data, database_url.as_deref()).await?;
+    tracing::info!(backend = facts.backend(), "aos-memory store open");
+    let memory = Arc::new(Memory { facts, config });
     let (save, search, list, forget, offer) = (
         memory.clone(),
         memory.clone(),
@@ -225,10 +168,11 @@ fn is_stopword(word: &str) -> bool {
     STOPWORDS.split_whitespace().any(|w| w == word)
 }
 
-/// Words of `text` as an FTS5 query: each word quoted (so no query syntax leaks
-/// through), any of them matching. Words of one letter and stopwords are left out;
-/// `None` when nothing is left, so a message of common words matches no fact.
-fn fts_query(text: &str) -> Option<String> {
+/// The words of `text` to search for: letters and digits only (so no query syntax of
+/// either backend leaks through), lowercased, without words of one letter and
+/// stopwords, at most 32. Empty when nothing is left, so a message of common words
+/// matches no fact.
+fn search_words(text: &str) -> Vec<String> {
     let mut words: Vec<String> = Vec::new();
     for word in text
         .split(|c: char| !c.is_alphanumeric())
@@ -240,24 +184,22 @@ fn fts_query(text: &str) -> Option<String> {
             words.push(word);
         }
     }
-    (!words.is_empty()).then(|| {
-        words
-            .iter()
-            .map(|w| format!("\"{w}\""))
-            .collect::<Vec<_>>()
-            .join(" OR ")
-    })
+    words
 }
 
-fn row_json(row: &sqlx::sqlite::SqliteRow) -> Value {
-    json!({
-        "id": row.get::<String, _>("id"),
-        "agentId": row.get::<String, _>("agent_id"),
-        "scope": row.get::<String, _>("scope"),
-        "text": row.get::<String, _>("text"),
-        "tags": row.get::<String, _>("tags").split_whitespace().collect::<Vec<_>>(),
-        "createdAt": row.get::<String, _>("created_at"),
-    })
+fn fact_json(fact: &Fact) -> Value {
+    let mut v = json!({
+        "id": fact.id,
+        "agentId": fact.agent_id,
+        "scope": fact.scope,
+        "text": fact.text,
+        "tags": fact.tags.split_whitespace().collect::<Vec<_>>(),
+        "createdAt": fact.created_at,
+    });
+    if let Some(rank) = fact.rank {
+        v["rank"] = json!(rank);
+    }
+    v
 }
 
 impl Memory {
@@ -302,15 +244,16 @@ impl Memory {
             Some(_) => return Err(OpError::invalid("`tags` must be a list of words")),
         };
         let id = format!("mem_{}", uuid::Uuid::now_v7().simple());
-        sqlx::query("INSERT INTO memories (id, agent_id, scope, text, tags, session_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
-            .bind(&id)
-            .bind(&agent)
-            .bind(scope)
-            .bind(text)
-            .bind(&tags)
-            .bind(caller.session_id.as_deref())
-            .bind(Timestamp::now().to_string())
-            .execute(&self.pool)
+        self.facts
+            .insert(&NewFact {
+                id: &id,
+                agent_id: &agent,
+                scope,
+                text,
+                tags: &tags,
+                session_id: caller.session_id.as_deref(),
+                created_at: &Timestamp::now().to_string(),
+            })
             .await
             .map_err(db_error)?;
         Ok(json!({"id": id, "scope": scope, "agentId": agent}))
@@ -323,30 +266,12 @@ impl Memory {
         agent: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Value>, OpError> {
-        let Some(fts) = fts_query(query) else {
-            return Ok(Vec::new());
-        };
-        let rows = sqlx::query(
-            "SELECT m.id, m.agent_id, m.scope, m.text, m.tags, m.created_at, bm25(memories_fts) AS rank
-             FROM memories_fts JOIN memories m ON m.rowid = memories_fts.rowid
-             WHERE memories_fts MATCH ? AND (? IS NULL OR m.scope = 'shared' OR m.agent_id = ?)
-             ORDER BY rank LIMIT ?",
-        )
-        .bind(&fts)
-        .bind(agent)
-        .bind(agent)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let mut v = row_json(row);
-                v["rank"] = json!(row.get::<f64, _>("rank"));
-                v
-            })
-            .collect())
+        let found = self
+            .facts
+            .matching(&search_words(query), agent, limit)
+            .await
+            .map_err(db_error)?;
+        Ok(found.iter().map(fact_json).collect())
     }
 
     async fn search(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
@@ -387,20 +312,12 @@ impl Memory {
                 "`scope` is `{s}`; accepted: private, shared"
             )));
         }
-        let rows = sqlx::query(
-            "SELECT id, agent_id, scope, text, tags, created_at FROM memories
-             WHERE (? IS NULL OR scope = 'shared' OR agent_id = ?) AND (? IS NULL OR scope = ?)
-             ORDER BY created_at DESC, id DESC LIMIT ?",
-        )
-        .bind(agent.as_deref())
-        .bind(agent.as_deref())
-        .bind(scope)
-        .bind(scope)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        Ok(json!({"items": rows.iter().map(row_json).collect::<Vec<_>>()}))
+        let facts = self
+            .facts
+            .list(agent.as_deref(), scope, limit)
+            .await
+            .map_err(db_error)?;
+        Ok(json!({"items": facts.iter().map(fact_json).collect::<Vec<_>>()}))
     }
 
     async fn forget(&self, params: &Value, caller: &CallerInfo) -> Result<Value, OpError> {
@@ -410,12 +327,7 @@ impl Memory {
                 "`id` (a mem_… id from memory list or search) is required",
             ));
         };
-        let owner: Option<String> =
-            sqlx::query_scalar("SELECT agent_id FROM memories WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_error)?;
+        let owner = self.facts.owner(id).await.map_err(db_error)?;
         let Some(owner) = owner else {
             return Err(OpError::new(
                 ErrorCode::NotFound,
@@ -428,11 +340,7 @@ impl Memory {
                 format!("`{id}` belongs to agent {owner}; only it may forget it"),
             ));
         }
-        sqlx::query("DELETE FROM memories WHERE id = ?")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
+        self.facts.delete(id).await.map_err(db_error)?;
         Ok(json!({"id": id, "forgotten": true}))
     }
 
@@ -489,21 +397,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn queries_are_quoted_words_so_no_fts_syntax_leaks() {
+    fn search_words_are_letters_and_digits_so_no_query_syntax_leaks() {
         assert_eq!(
-            fts_query("staging DB? (NEAR)").as_deref(),
-            Some("\"staging\" OR \"db\" OR \"near\"")
+            search_words("staging DB? (NEAR) a|b !x"),
+            ["staging", "db", "near"]
         );
-        assert_eq!(fts_query("a ! ?"), None);
+        assert!(search_words("a ! ?").is_empty());
     }
 
     #[test]
     fn common_words_are_not_searched_for() {
-        assert_eq!(
-            fts_query("What is the plan for the plan?").as_deref(),
-            Some("\"plan\"")
-        );
-        assert_eq!(fts_query("hello there, how are you?"), None);
+        assert_eq!(search_words("What is the plan for the plan?"), ["plan"]);
+        assert!(search_words("hello there, how are you?").is_empty());
     }
 
     #[test]
