@@ -181,6 +181,54 @@ async fn a_wake_comes_back_with_one_correlation_id_in_both_histories() {
             .contains(&format!("id={id} corr={corr}")),
         "{started}"
     );
+    // The same facts, structured: a `meta` part on each side (never shown to a model).
+    let meta_of = |message: &Value| {
+        message["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["type"] == "meta")
+            .cloned()
+            .unwrap_or_else(|| panic!("no meta part in {message}"))
+    };
+    let sender_side = history(&kernel.admin, &a)
+        .await
+        .into_iter()
+        .find(|m| m["id"] == record["from"]["messageId"])
+        .unwrap();
+    let exchange = |side: &str| {
+        json!({
+            "side": side, "id": id, "corr": corr, "mode": "wake", "depth": 1,
+            "from": {"agentId": alice, "sessionId": a},
+            "to": {"agentId": bob, "sessionId": inbox},
+        })
+    };
+    assert_eq!(
+        meta_of(&sender_side),
+        json!({"id": meta_of(&sender_side)["id"], "type": "meta", "source": "aos-a2a", "data": exchange("sender")})
+    );
+    assert_eq!(meta_of(&started)["data"], exchange("target"));
+    let reply = history(&kernel.admin, &a)
+        .await
+        .into_iter()
+        .find(|m| {
+            m["parts"][0]["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("[a2a reply from bob"))
+        })
+        .unwrap();
+    let reply_meta = meta_of(&reply)["data"].clone();
+    assert_eq!(reply_meta["replyTo"], id, "{reply_meta}");
+    assert_eq!(reply_meta["corr"], corr.as_str(), "{reply_meta}");
+    assert_eq!(reply_meta["mode"], "reply", "{reply_meta}");
+    assert_eq!(reply_meta["from"]["agentId"], bob.as_str(), "{reply_meta}");
+    assert_eq!(reply_meta["to"]["sessionId"], a.as_str(), "{reply_meta}");
+    assert!(
+        llm.requests()
+            .iter()
+            .all(|body| !body.to_string().contains("\"side\"")),
+        "a meta part reached a model"
+    );
     // The kernel recorded who wrote each: the service, not alice's token.
     let origins: Vec<Value> = history(&kernel.admin, &inbox)
         .await

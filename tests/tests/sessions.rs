@@ -258,6 +258,18 @@ async fn history_pages_ranges_and_search_work_and_bad_parts_are_refused() {
             json!({"role": "user", "parts": [{"type": "text", "text": "x".repeat(1024 * 1024 + 1)}]}),
             "content.put",
         ),
+        (
+            json!({"role": "user", "parts": [{"type": "meta", "source": "crm", "data": [1, 2]}]}),
+            "`message.parts[0].data`: must be a JSON object",
+        ),
+        (
+            json!({"role": "user", "parts": [{"type": "meta", "source": "crm", "data": {"x": "y".repeat(9000)}}]}),
+            "at most 8192 are accepted",
+        ),
+        (
+            json!({"role": "user", "parts": [{"type": "meta", "source": "", "data": {}}]}),
+            "message.parts[0].source",
+        ),
     ] {
         let error = api
             .err(

@@ -365,6 +365,11 @@ fn part_summary(body: &PartBody) -> String {
         }
         PartBody::CompactionSummary { text, .. } => format!("[summary] {}", clip(text, 160)),
         PartBody::Interrupt { reason, .. } => format!("[interrupt] {reason}"),
+        PartBody::Meta(meta) => format!(
+            "[meta {}] {}",
+            meta.source,
+            clip(&meta.data.to_string(), 160)
+        ),
         PartBody::Bootstrap {
             phase,
             planned_names,

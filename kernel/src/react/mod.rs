@@ -50,6 +50,8 @@ pub enum StopReason {
 pub(crate) struct Work {
     pub dispatch: Dispatch,
     pub content: String,
+    /// Stored with the user message as a `meta` part.
+    pub meta: Option<aos_sdk::protocol::MessageMeta>,
     pub origin: Origin,
     pub deadline: Duration,
 }
@@ -315,6 +317,7 @@ impl Dispatcher {
         record.node = None;
         record.request = Some(QueuedRequest {
             content: work.content,
+            meta: work.meta,
             origin: work.origin,
             deadline_ms: work.deadline.as_millis() as u64,
         });
@@ -409,6 +412,7 @@ impl Dispatcher {
             let work = Work {
                 dispatch: record,
                 content: request.content,
+                meta: request.meta,
                 origin: request.origin,
                 deadline: Duration::from_millis(request.deadline_ms),
             };
@@ -464,9 +468,11 @@ impl Dispatcher {
                 session_id,
                 role: aos_sdk::protocol::Role::User,
                 origin: work.origin.clone(),
-                parts: vec![aos_sdk::protocol::PartBody::Text {
+                parts: std::iter::once(aos_sdk::protocol::PartBody::Text {
                     text: work.content.clone(),
-                }],
+                })
+                .chain(work.meta.clone().map(aos_sdk::protocol::PartBody::Meta))
+                .collect(),
                 dispatch_id: Some(record.dispatch_id.clone()),
                 kernel_parts: false,
             },

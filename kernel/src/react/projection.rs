@@ -74,7 +74,9 @@ impl Projection {
                     None,
                     json!({"role": "system", "content": format!("[[AOS-SUMMARY]]\n{summary}")}),
                 ),
-                PartBody::Bootstrap { .. } | PartBody::CompactionMarker { .. } => {}
+                PartBody::Bootstrap { .. }
+                | PartBody::CompactionMarker { .. }
+                | PartBody::Meta(_) => {}
             }
         }
         if calls.is_empty() {

@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use aos_sdk::protocol::{
-    AgentCb, AgentStatus, ContentInfo, Dispatch, DispatchStatus, LogEntry, Origin, PartBody,
-    QueuedRequest, SessionPhase, SessionStatus, SkillDefaultRule, SystemCb, Timestamp, Toggle,
-    TokenInfo, TokenScope, Usage,
+    AgentCb, AgentStatus, ContentInfo, Dispatch, DispatchStatus, LogEntry, MessageMeta, Origin,
+    PartBody, QueuedRequest, SessionPhase, SessionStatus, SkillDefaultRule, SystemCb, Timestamp,
+    Toggle, TokenInfo, TokenScope, Usage,
 };
 
 use super::{ContentRecord, HistoryQuery, ListQuery, LogQuery, Store, StoreError, TokenRecord};
@@ -472,6 +472,10 @@ pub async fn dispatches_round_trip(store: Arc<dyn Store>) {
         node: Some("node_a".into()),
         request: Some(QueuedRequest {
             content: "run this later".into(),
+            meta: Some(MessageMeta {
+                source: "aos-cron".into(),
+                data: serde_json::json!({"job": "nightly"}),
+            }),
             origin: Origin::Skill("aos-cron".into()),
             deadline_ms: 60_000,
         }),

@@ -61,6 +61,9 @@ async fn dispatch(
         1,
         MAX_MESSAGE_CHARS,
     )?;
+    if let Some(meta) = &params.message.meta {
+        super::session::validate_meta("message.meta", meta)?;
+    }
     if let Some(p) = params.priority {
         validate::priority("priority", p)?;
     }
@@ -112,6 +115,7 @@ async fn dispatch(
     let work = Work {
         dispatch: new_record(&session, priority),
         content: params.message.content.clone(),
+        meta: params.message.meta.clone(),
         origin: ctx.caller.origin(),
         deadline,
     };

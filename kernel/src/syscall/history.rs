@@ -228,7 +228,9 @@ fn searchable_text(body: &PartBody) -> String {
         PartBody::SkillUnload { name } => name.clone(),
         PartBody::Interrupt { reason, .. } => reason.clone(),
         PartBody::Error { source, message } => format!("{source}: {message}"),
-        PartBody::CompactionMarker { .. } | PartBody::Bootstrap { .. } => String::new(),
+        PartBody::CompactionMarker { .. } | PartBody::Bootstrap { .. } | PartBody::Meta(_) => {
+            String::new()
+        }
     }
 }
 

@@ -3,9 +3,10 @@
 //! passes `session.message.beforeWrite` and announces itself with `context.ingest`.
 
 use aos_sdk::protocol::{
-    Appended, BashState, ErrorCode, Message, MessageInput, Origin, Page, Part, PartBody, Role,
-    SessionAppendParams, SessionCb, SessionCreateParams, SessionIdParams, SessionInterruptParams,
-    SessionListParams, SessionPhase, SessionStatus, SessionUpdateParams, Timestamp,
+    Appended, BashState, ErrorCode, Message, MessageInput, MessageMeta, Origin, Page, Part,
+    PartBody, Role, SessionAppendParams, SessionCb, SessionCreateParams, SessionIdParams,
+    SessionInterruptParams, SessionListParams, SessionPhase, SessionStatus, SessionUpdateParams,
+    Timestamp,
 };
 use serde_json::{Value, json};
 
@@ -268,6 +269,7 @@ fn validate_parts(
                 validate::text(&at("source"), source, 1, 200)?;
                 size("message", message, max_chars)?;
             }
+            PartBody::Meta(meta) => validate_meta(&format!("message.parts[{i}]"), meta)?,
             PartBody::CompactionMarker {
                 from_seq, to_seq, ..
             } if from_seq > to_seq => {
@@ -319,6 +321,28 @@ fn validate_parts(
             }
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// Largest `data` of a `meta` part, serialised.
+const MAX_META_BYTES: usize = 8 * 1024;
+
+/// Checks a `meta` part (`field` names where it is, for the error).
+pub(crate) fn validate_meta(field: &str, meta: &MessageMeta) -> Result<(), SyscallError> {
+    validate::text(&format!("{field}.source"), &meta.source, 1, 64)?;
+    if !meta.data.is_object() {
+        return Err(SyscallError::invalid(
+            &format!("{field}.data"),
+            "must be a JSON object",
+        ));
+    }
+    let bytes = meta.data.to_string().len();
+    if bytes > MAX_META_BYTES {
+        return Err(SyscallError::invalid(
+            &format!("{field}.data"),
+            format!("has {bytes} bytes serialised; at most {MAX_META_BYTES} are accepted"),
+        ));
     }
     Ok(())
 }

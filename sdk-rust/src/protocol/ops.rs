@@ -288,6 +288,10 @@ pub struct DispatchMessage {
     /// Must be `user`.
     pub role: Role,
     pub content: String,
+    /// Structured facts stored with the message as a `meta` part (never shown to the
+    /// model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<MessageMeta>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

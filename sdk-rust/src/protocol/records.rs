@@ -441,6 +441,20 @@ pub enum PartBody {
     },
     /// An error worth keeping in the session's record.
     Error { source: String, message: String },
+    /// Structured facts a skill or client attached to the message (who sent it to
+    /// whom, correlation ids): kept in history and returned by every read, never shown
+    /// to the model.
+    Meta(MessageMeta),
+}
+
+/// Structured facts attached to a message: a `meta` part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MessageMeta {
+    /// Who attached them: a skill name (`aos-a2a`) or a client's name (1–64 characters).
+    pub source: String,
+    /// A JSON object of at most 8 KiB, serialised.
+    pub data: Value,
 }
 
 impl PartBody {
@@ -456,6 +470,7 @@ impl PartBody {
             PartBody::Interrupt { .. } => "interrupt",
             PartBody::Bootstrap { .. } => "bootstrap",
             PartBody::Error { .. } => "error",
+            PartBody::Meta(_) => "meta",
         }
     }
 }
@@ -669,6 +684,9 @@ pub struct Dispatch {
 #[serde(rename_all = "camelCase")]
 pub struct QueuedRequest {
     pub content: String,
+    /// The message's `meta` part, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<MessageMeta>,
     /// Who asked (`human`, `agent`, `aos`, `skill:<name>`).
     pub origin: Origin,
     pub deadline_ms: u64,

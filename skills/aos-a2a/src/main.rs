@@ -635,6 +635,14 @@ impl A2a {
         } else {
             format!("sent {}", out.mode)
         };
+        // The same facts on both sides, structured: who sent what to whom, and how.
+        let facts = |side: &str| {
+            json!({
+                "side": side, "id": id, "corr": corr, "mode": out.mode, "depth": depth,
+                "from": {"agentId": out.from.agent_id, "sessionId": out.from.session_id},
+                "to": {"agentId": out.to.agent_id, "sessionId": out.to.session_id},
+            })
+        };
         let from_message = self
             .note(
                 &out.from.session_id,
@@ -645,6 +653,7 @@ impl A2a {
                     tail(out.from),
                     out.text
                 ),
+                &facts("sender"),
             )
             .await;
         let hint = match out.mode {
@@ -667,7 +676,8 @@ impl A2a {
                 "session.dispatch",
                 json!({
                     "sessionId": out.to.session_id,
-                    "message": {"role": "user", "content": content},
+                    "message": {"role": "user", "content": content,
+                                "meta": {"source": "aos-a2a", "data": facts("target")}},
                     "ifBusy": "queue",
                 }),
             )
@@ -678,7 +688,10 @@ impl A2a {
                 "session.append",
                 json!({
                     "sessionId": out.to.session_id,
-                    "message": {"role": "user", "parts": [{"type": "text", "text": content}]},
+                    "message": {"role": "user", "parts": [
+                        {"type": "text", "text": content},
+                        {"type": "meta", "source": "aos-a2a", "data": facts("target")},
+                    ]},
                 }),
             )
             .await
@@ -728,13 +741,16 @@ impl A2a {
         }))
     }
 
-    /// Appends a note to a session and returns its history message id, logging (not
-    /// failing) when it cannot.
-    async fn note(&self, session_id: &str, role: &str, text: &str) -> Option<String> {
+    /// Appends a note to a session, with the exchange's facts as a `meta` part, and
+    /// returns its history message id, logging (not failing) when it cannot.
+    async fn note(&self, session_id: &str, role: &str, text: &str, meta: &Value) -> Option<String> {
         match self
             .call(
                 "session.append",
-                json!({"sessionId": session_id, "message": {"role": role, "parts": [{"type": "text", "text": text}]}}),
+                json!({"sessionId": session_id, "message": {"role": role, "parts": [
+                    {"type": "text", "text": text},
+                    {"type": "meta", "source": "aos-a2a", "data": meta},
+                ]}}),
             )
             .await
         {
@@ -1255,23 +1271,30 @@ impl A2a {
         // A reply nobody waits for wakes the sender, if the chain may go on.
         let depth: i64 = row.get("depth");
         let wake = mode == "wake" && !waiting && depth < self.config.max_chain_depth;
+        let facts = json!({
+            "side": "target", "replyTo": id, "corr": corr,
+            "mode": if mode == "spawn" { "answer" } else { "reply" }, "depth": depth,
+            "from": {"agentId": to_agent, "sessionId": to_session},
+            "to": {"agentId": row.get::<String, _>("from_agent"), "sessionId": from_session},
+        });
         let (mut reply_dispatch, mut noted) = (None, None);
         if wake {
             match self
                 .call(
                     "session.dispatch",
-                    json!({"sessionId": from_session, "message": {"role": "user", "content": content}, "ifBusy": "queue"}),
+                    json!({"sessionId": from_session, "message": {"role": "user", "content": content,
+                           "meta": {"source": "aos-a2a", "data": facts}}, "ifBusy": "queue"}),
                 )
                 .await
             {
                 Ok(d) => reply_dispatch = d["dispatchId"].as_str().map(str::to_owned),
                 Err(e) => {
                     tracing::warn!(id, message = %e.message, "cannot wake the sender; appending");
-                    noted = self.note(&from_session, "user", &content).await;
+                    noted = self.note(&from_session, "user", &content, &facts).await;
                 }
             }
         } else {
-            noted = self.note(&from_session, "user", &content).await;
+            noted = self.note(&from_session, "user", &content, &facts).await;
         }
         // The reply is a message too: its dispatch carries the chain on.
         let recorded = sqlx::query(

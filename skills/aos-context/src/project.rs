@@ -199,7 +199,8 @@ pub fn project(message: &Message, session_id: &str, folds: &Folds) -> Projected 
                 Some(&part.id),
                 None,
             )),
-            PartBody::Bootstrap { .. } => {}
+            // Facts for skills and people, not for the model.
+            PartBody::Bootstrap { .. } | PartBody::Meta(_) => {}
         }
     }
     if calls.is_empty() {

@@ -283,6 +283,7 @@ function partView(part) {
     case 'compaction-summary': return h('div', {}, h('div', { class: 'small muted' }, 'summary'), h('div', { class: 'text' }, part.text));
     case 'bootstrap': return h('div', { class: 'small muted' }, `bootstrap ${part.phase}`);
     case 'error': return h('div', { class: 'error' }, `${part.source}: ${part.message}`);
+    case 'meta': return h('div', { class: 'small muted', title: JSON.stringify(part.data) }, `${part.source}: ${Object.keys(part.data ?? {}).join(', ')}`);
     default: return h('div', { class: 'small muted' }, part.type);
   }
 }
@@ -552,6 +553,7 @@ function summary(p) {
     case 'interrupt': return p.reason;
     case 'bootstrap': return p.phase;
     case 'error': return `${p.source}: ${p.message}`;
+    case 'meta': return `${p.source} ${JSON.stringify(p.data)}`.slice(0, 300);
     default: return '';
   }
 }
