@@ -62,17 +62,6 @@ pub(super) enum WriteOp {
     },
 }
 
-impl WriteOp {
-    /// Whether the op is one statement, which may run alone without a transaction.
-    fn is_one_statement(&self) -> bool {
-        match self {
-            Self::AddUsage { .. } => false,
-            Self::Log { rows } => rows.len() <= LOG_ROWS_PER_STATEMENT,
-            _ => true,
-        }
-    }
-}
-
 /// What a write did.
 #[derive(Debug)]
 pub(super) enum Written {
@@ -173,8 +162,12 @@ impl Writer {
 }
 
 /// The thread: takes every queued write, runs them in one `BEGIN IMMEDIATE`
-/// transaction (a lone one-statement write runs on its own), updates the block cache in
-/// commit order and only then answers each caller.
+/// transaction, updates the block cache in commit order and only then answers each
+/// caller.
+///
+/// Even a lone write gets its transaction: in autocommit mode an `INSERT … RETURNING`
+/// hands back its row before SQLite commits, and a commit that then fails (a full
+/// disk) would go unnoticed — an acknowledged write that is not there.
 fn run(mut connection: Connection, cache: &Mutex<BlockCache>, mut jobs: mpsc::Receiver<WriteJob>) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(BATCH);
     while let Some(first) = jobs.blocking_recv() {
@@ -185,11 +178,7 @@ fn run(mut connection: Connection, cache: &Mutex<BlockCache>, mut jobs: mpsc::Re
                 Err(_) => break,
             }
         }
-        let results = if batch.len() == 1 && batch[0].op.is_one_statement() {
-            vec![run_op(&connection, &batch[0].op)]
-        } else {
-            run_batch(&mut connection, &batch)
-        };
+        let results = run_batch(&mut connection, &batch);
         {
             let mut cache = lock_cache(cache);
             for (job, result) in batch.iter().zip(&results) {
