@@ -42,6 +42,11 @@ pub enum Reply {
     /// fall silent without closing the stream: a reply that stalls mid-stream. Asked
     /// without `stream`, it never answers.
     Stall { text: String },
+    /// Start a streamed answer (the role chunk, then `text` if any) and end the stream
+    /// there: no `finish_reason`, no `[DONE]` — a reply cut off mid-stream.
+    Truncated { text: String },
+    /// One bash call whose `arguments` are this string as sent, valid JSON or not.
+    RawArguments(String),
 }
 
 impl Reply {
@@ -393,12 +398,21 @@ async fn complete(
     let json_mode = request.get("response_format").is_some();
     let stream = request["stream"].as_bool().unwrap_or(false);
     let prompt_tokens = (body.len() / 4) as u64;
+    // Raw arguments go out as given; commands are wrapped as `{"command": …}`.
+    let raw = matches!(&step.reply, Reply::RawArguments(_));
+    let arguments_of = |command: &String| {
+        if raw {
+            command.clone()
+        } else {
+            json!({"command": command}).to_string()
+        }
+    };
     let (text, calls): (String, Vec<String>) = match step.reply {
         Reply::Hang => {
             std::future::pending::<()>().await;
             unreachable!("pending never resolves")
         }
-        Reply::Stall { text } => {
+        Reply::Stall { ref text } | Reply::Truncated { ref text } => {
             if !stream {
                 std::future::pending::<()>().await;
                 unreachable!("pending never resolves")
@@ -413,12 +427,15 @@ async fn complete(
                     json!({"choices": [{"index": 0, "delta": {"content": text}}]})
                 ));
             }
-            let body = futures::stream::iter(frames)
-                .chain(futures::stream::pending())
-                .map(move |frame| {
-                    let _keep = &guard;
-                    Ok::<_, std::convert::Infallible>(frame)
-                });
+            // A stall stays open and silent; a truncated reply just ends.
+            let rest = match step.reply {
+                Reply::Stall { .. } => futures::stream::pending().boxed(),
+                _ => futures::stream::empty().boxed(),
+            };
+            let body = futures::stream::iter(frames).chain(rest).map(move |frame| {
+                let _keep = &guard;
+                Ok::<_, std::convert::Infallible>(frame)
+            });
             return Response::builder()
                 .header(header::CONTENT_TYPE, "text/event-stream")
                 .body(Body::from_stream(body))
@@ -444,6 +461,7 @@ async fn complete(
         Reply::Text(text) => (text, vec![]),
         Reply::Bash { command, text } => (text, vec![command]),
         Reply::BashMany(commands) => (String::new(), commands),
+        Reply::RawArguments(raw) => (String::new(), vec![raw]),
     };
     // JSON mode answers in text: one step at a time.
     let (text, calls) = if json_mode {
@@ -472,7 +490,7 @@ async fn complete(
         let tool_calls: Vec<Value> = calls
             .iter()
             .enumerate()
-            .map(|(i, c)| json!({"id": format!("call_{i}"), "type": "function", "function": {"name": "bash", "arguments": json!({"command": c}).to_string()}}))
+            .map(|(i, c)| json!({"id": format!("call_{i}"), "type": "function", "function": {"name": "bash", "arguments": arguments_of(c)}}))
             .collect();
         let mut message = json!({"role": "assistant", "content": text});
         if !tool_calls.is_empty() {
@@ -495,8 +513,8 @@ async fn complete(
         chunks.push(json!({"choices": [{"index": 0, "delta": {"content": piece}}]}));
     }
     for (i, command) in calls.iter().enumerate() {
-        let arguments = json!({"command": command}).to_string();
-        let (a, b) = arguments.split_at(arguments.len() / 2);
+        let arguments = arguments_of(command);
+        let (a, b) = arguments.split_at(arguments.floor_char_boundary(arguments.len() / 2));
         chunks.push(json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": i, "id": format!("call_{i}"), "type": "function", "function": {"name": "bash", "arguments": a}}]}}]}));
         chunks.push(json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": i, "function": {"arguments": b}}]}}]}));
     }

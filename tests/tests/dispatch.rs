@@ -11,7 +11,7 @@ use std::time::Duration;
 use aos_kernel::auth::Owner;
 use aos_kernel::hooks::{HookHandler, NewRegistration};
 use aos_sdk::protocol::{DispatchStatus, ErrorCode, StreamEvent};
-use aos_tests::dispatching::{collect, configure, done, history, run};
+use aos_tests::dispatching::{collect, configure, done, history, run, tool_results};
 use aos_tests::llm::{Reply, ScriptedLlm, Step};
 use aos_tests::{Setup, TestKernel, eventually};
 use async_trait::async_trait;
@@ -881,6 +881,90 @@ async fn a_stalled_stream_hits_the_idle_timeout_and_is_retried_only_before_any_t
     // The session works again (the unused reply is still queued).
     let events = run(&kernel.admin, &session, "and now").await;
     assert_eq!(done(&events).answer.as_deref(), Some("never asked"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_off_stream_is_retried_or_failed_never_taken_and_bad_tool_arguments_reach_the_model()
+{
+    let llm = ScriptedLlm::start();
+    let kernel = TestKernel::start();
+    let (_, session) = kernel.admin.agent_and_session().await;
+    provider(&kernel, &llm.base_url, json!({"maxRetries": 1})).await;
+
+    // Cut off before any text reached the client: retried, and the retry answers.
+    llm.push([
+        Reply::Truncated {
+            text: String::new(),
+        },
+        Reply::text("the whole answer"),
+    ]);
+    let events = run(&kernel.admin, &session, "cut early").await;
+    assert_eq!(
+        done(&events).answer.as_deref(),
+        Some("the whole answer"),
+        "{events:?}"
+    );
+    assert_eq!(llm.count(), 2);
+
+    // Cut off after text went out: not retried, and the half answer is not passed off
+    // as the answer; the dispatch fails saying so, on the stream and in history.
+    llm.push([Reply::Truncated {
+        text: "The answer is 4".into(),
+    }]);
+    let events = run(&kernel.admin, &session, "cut late").await;
+    assert_eq!(llm.count(), 3, "a cut-off reply after text was retried");
+    let ended = done(&events);
+    assert_eq!(ended.status, DispatchStatus::Failed);
+    assert_eq!(ended.answer, None);
+    let error = ended.error.clone().unwrap();
+    assert_eq!(error.code, ErrorCode::ProviderUnavailable);
+    assert!(
+        error
+            .message
+            .contains("ended before the answer was complete"),
+        "{}",
+        error.message
+    );
+    let items = history(&kernel.admin, &session).await;
+    let last = &items.last().unwrap()["parts"][0];
+    assert_eq!(last["type"], "error", "{last}");
+    assert!(
+        items
+            .iter()
+            .all(|m| m["role"] != "assistant" || m["parts"][0]["text"] != "The answer is 4"),
+        "the cut-off text was stored as an answer"
+    );
+
+    // Tool-call arguments that are not JSON: the model is told so as the call's result,
+    // and the loop goes on.
+    llm.push([
+        Reply::RawArguments("{\"command\": \"ls".into()),
+        Reply::text("fixed it"),
+    ]);
+    let events = run(&kernel.admin, &session, "bad arguments").await;
+    assert_eq!(done(&events).answer.as_deref(), Some("fixed it"));
+    let results = tool_results(&events);
+    assert!(
+        results[0]
+            .error_text
+            .as_deref()
+            .is_some_and(|e| e.contains("not valid JSON")),
+        "{:?}",
+        results[0]
+    );
+    let told = llm.requests().last().unwrap().clone();
+    assert!(
+        told["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["role"] == "tool"
+                && m["content"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("not valid JSON")),
+        "{told}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

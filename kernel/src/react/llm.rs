@@ -446,6 +446,7 @@ async fn read_stream(
     let mut events = eventsource_stream::EventStream::new(response.bytes_stream());
     let mut reply = ModelReply::default();
     let mut calls: Vec<PendingCall> = Vec::new();
+    let mut finished = false;
     let protocol = |message: String| LlmError::Protocol {
         provider: provider.name.clone(),
         message,
@@ -471,6 +472,7 @@ async fn read_stream(
             continue;
         }
         if data == "[DONE]" {
+            finished = true;
             break;
         }
         let chunk: Value = serde_json::from_str(data)
@@ -516,6 +518,17 @@ async fn read_stream(
                 reply.finish_reason = Some(reason.to_owned());
             }
         }
+    }
+    // A stream that stops without `[DONE]` or a `finish_reason` was cut off: what came
+    // is not the whole answer, and must not pass for it.
+    if !finished && reply.finish_reason.is_none() {
+        return Err(LlmError::Connect {
+            provider: provider.name.clone(),
+            url: provider.base_url.clone(),
+            message:
+                "the stream ended before the answer was complete (no finish_reason, no [DONE])"
+                    .into(),
+        });
     }
     for (i, call) in calls.into_iter().enumerate() {
         reply
