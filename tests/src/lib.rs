@@ -408,6 +408,18 @@ pub fn aos_command_at(program: &Path) -> Command {
     command
 }
 
+/// A directory for a spawned daemon: the repository's skills and `aoscb.json`, copied.
+pub fn workdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_repo_skills(dir.path());
+    std::fs::copy(
+        repo_root().join("aoscb.json"),
+        dir.path().join("aoscb.json"),
+    )
+    .unwrap();
+    dir
+}
+
 impl SpawnedKernel {
     /// Starts `aos up` in `dir` (home `dir/.aos`, skills `dir/skills`) on a free port.
     pub fn start(dir: &Path) -> Self {

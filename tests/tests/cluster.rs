@@ -19,8 +19,7 @@ use aos_sdk::client::EventFilter;
 use aos_sdk::protocol::{Dispatch, DispatchStatus, ErrorCode};
 use aos_tests::llm::{Reply, ScriptedLlm};
 use aos_tests::{
-    Api, SpawnedKernel, TestDatabase, copy_repo_skills, dispatching, eventually, repo_root,
-    test_database,
+    Api, SpawnedKernel, TestDatabase, dispatching, eventually, test_database, workdir,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -50,18 +49,7 @@ impl Cluster {
     /// Starts `n` nodes at the same moment (on a fresh database they race to create
     /// the schema and the system block).
     fn nodes_at_once(&mut self, n: usize) -> Vec<SpawnedKernel> {
-        let dirs: Vec<tempfile::TempDir> = (0..n)
-            .map(|_| {
-                let dir = tempfile::tempdir().unwrap();
-                copy_repo_skills(dir.path());
-                std::fs::copy(
-                    repo_root().join("aoscb.json"),
-                    dir.path().join("aoscb.json"),
-                )
-                .unwrap();
-                dir
-            })
-            .collect();
+        let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| workdir()).collect();
         let starts: Vec<_> = dirs
             .iter()
             .map(|dir| {

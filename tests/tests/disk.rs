@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aos_sdk::protocol::ErrorCode;
-use aos_tests::{
-    Api, SpawnedKernel, aos_command_at, copy_repo_skills, eventually, postgres_backend, repo_root,
-};
+use aos_tests::{Api, SpawnedKernel, aos_command_at, eventually, postgres_backend, workdir};
 use serde_json::{Value, json};
 
 /// A tmpfs of `size` mounted on a new directory; unmounted on drop.
@@ -113,13 +111,7 @@ fn a_full_database_disk_fails_writes_clearly_keeps_reads_and_recovers_when_space
     if !can_mount(test) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    copy_repo_skills(dir.path());
-    std::fs::copy(
-        repo_root().join("aoscb.json"),
-        dir.path().join("aoscb.json"),
-    )
-    .unwrap();
+    let dir = workdir();
     // Only the database is on the small disk; services keep their own data elsewhere.
     let disk = Tmpfs::mount("16m");
     let db: PathBuf = disk.path().join("aos.db");

@@ -8,20 +8,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aos_tests::{Api, SpawnedKernel, aos_command, copy_repo_skills, repo_root};
+use aos_tests::{Api, SpawnedKernel, aos_command, repo_root, workdir};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-
-fn workdir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    copy_repo_skills(dir.path());
-    std::fs::copy(
-        repo_root().join("aoscb.json"),
-        dir.path().join("aoscb.json"),
-    )
-    .unwrap();
-    dir
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
